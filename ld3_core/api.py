@@ -1,0 +1,127 @@
+"""What the nodes and benchmarks call: learn a schedule for a ComfyUI model, and measure schedules."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+
+from . import model_patch
+from .comfy_adapter import Conditioning, DifferentiableSampler, sample_stock
+from .errors import LD3InputError
+from .identity import model_identity
+from .solvers import check_sampler
+from .teacher import TeacherData, schedule_sigmas
+from .trainer import Loss, Progress, TrainConfig, TrainResult, train_schedule
+
+MAX_STEPS = 100
+
+
+def check_steps(steps: int, input_name: str = "steps") -> int:
+    if not 2 <= steps <= MAX_STEPS:
+        raise LD3InputError(
+            input_name,
+            f"{steps} steps is outside 2..{MAX_STEPS}",
+            "LD3 is for few-step sampling: use 4-10 steps",
+        )
+    return steps
+
+
+def builtin_schedules(model_patcher, steps: int, sampler: str) -> dict[str, torch.Tensor]:
+    """Every scheduler ComfyUI registers (as KSampler computes it), skipping ones that fail or repeat."""
+    import comfy.samplers
+
+    schedules = {}
+    for name in list(comfy.samplers.SCHEDULER_NAMES):
+        if name == model_patch.LD3_KEY:
+            continue
+        try:
+            sigmas = schedule_sigmas(model_patcher, name, steps, sampler)
+        except Exception:  # a scheduler that cannot serve this model/steps is simply not a candidate
+            continue
+        if sigmas.numel() == steps + 1 and bool((sigmas[:-1] > sigmas[1:]).all()) and float(sigmas[-1]) == 0:
+            schedules[name] = sigmas
+    return schedules
+
+
+def check_teacher(teacher: TeacherData, model_patcher) -> None:
+    """Refuse teacher data made with another model or latent shape than the one given."""
+    made_with = teacher.info.get("model", {})
+    given = model_identity(model_patcher)
+    if made_with and made_with.get("fingerprint") != given["fingerprint"]:
+        raise LD3InputError(
+            "teacher",
+            f"the teacher data was made with model {made_with.get('model_class')} "
+            f"[{made_with.get('fingerprint')}], but the MODEL input is {given['model_class']} [{given['fingerprint']}]",
+            "Connect the same MODEL (with the same patches) to LD3 Generate Teacher and LD3 Train Sigmas",
+        )
+
+
+def learn_schedule(
+    model_patcher,
+    teacher: TeacherData,
+    conditionings: Sequence[Conditioning],
+    sampler: str,
+    config: TrainConfig,
+    loss: Loss,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_best: Callable[[TrainResult], None] | None = None,
+) -> TrainResult:
+    """LD3 for one model + sampler + step count, initialised from the best built-in schedule."""
+    check_sampler(sampler)
+    check_steps(config.steps)
+    check_teacher(teacher, model_patcher)
+    student = DifferentiableSampler(model_patcher, sampler)
+
+    def run_student(noise, prompt, step_sigmas, eval_sigmas):
+        return student(noise, conditionings[prompt], step_sigmas, eval_sigmas)
+
+    candidates = builtin_schedules(model_patcher, config.steps, sampler)
+    return train_schedule(
+        config,
+        run_student,
+        loss,
+        teacher.noise,
+        teacher.targets,
+        teacher.prompt_index,
+        teacher.is_validation,
+        candidates,
+        on_progress=on_progress,
+        on_best=on_best,
+    )
+
+
+def sample_with_schedule(
+    model_patcher,
+    cond: Conditioning,
+    sampler: str,
+    step_sigmas: torch.Tensor,
+    eval_sigmas: torch.Tensor | None,
+    noise: torch.Tensor,
+) -> torch.Tensor:
+    """What a user gets: ComfyUI's stock sampler on the LD3-patched model (no gradients)."""
+    patched = model_patch.patch_model(model_patcher, step_sigmas, eval_sigmas, sampler)
+    return sample_stock(patched, cond, sampler, step_sigmas.float(), noise)
+
+
+def heldout_errors(
+    model_patcher,
+    teacher: TeacherData,
+    conditionings: Sequence[Conditioning],
+    sampler: str,
+    schedules: Mapping[str, tuple[torch.Tensor, torch.Tensor | None]],
+    indices: Sequence[int] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per-sample RMSE to the teacher endpoint for each named (step_sigmas, eval_sigmas), stock sampling."""
+    indices = list(indices if indices is not None else teacher.validation_indices)
+    errors = {}
+    for name, (step_sigmas, eval_sigmas) in schedules.items():
+        per_sample = []
+        for i in indices:
+            cond = conditionings[int(teacher.prompt_index[i])]
+            out = sample_with_schedule(
+                model_patcher, cond, sampler, step_sigmas, eval_sigmas, teacher.noise[i : i + 1]
+            )
+            per_sample.append((out.float().cpu() - teacher.targets[i : i + 1]).pow(2).mean().sqrt())
+        errors[name] = torch.stack(per_sample)
+    return errors

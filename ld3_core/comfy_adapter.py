@@ -1,0 +1,158 @@
+"""The one adapter between a ComfyUI MODEL and the trainer: differentiable sampling through ComfyUI.
+
+A ``DifferentiableSampler`` runs ComfyUI's own sampler (a grad-enabled twin, ``solvers.py``) through
+``comfy.samplers.CFGGuider``, so conditioning, CFG, noise scaling and model loading are ComfyUI's.
+Here, and only here, we:
+
+- leave inference mode (ComfyUI runs every prompt under ``torch.inference_mode()``) and replace the
+  loaded model's inference-tensor weights by normal tensors, since autograd cannot save them;
+- rematerialise each denoiser call: a reentrant checkpoint per call keeps only the x_t chain alive
+  (paper Sec. 4, memory), with a saved-tensor hook that clones activations at save time, since some
+  models (Flux) update activations in place and would otherwise fail or leak in backward;
+- feed the learned times in: the LD3 ``model_sampling`` patch (``model_patch.py``) with live knots.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.utils.checkpoint
+
+from . import model_patch, solvers
+
+
+def release_inference_tensors(module: torch.nn.Module) -> int:
+    """Replace inference-mode parameters and buffers by normal clones; returns how many."""
+    replaced = 0
+    with torch.inference_mode(False):
+        for sub in module.modules():
+            for name, param in list(sub._parameters.items()):
+                if param is not None and param.is_inference():
+                    sub._parameters[name] = torch.nn.Parameter(param.clone(), requires_grad=False)
+                    replaced += 1
+            for name, buf in list(sub._buffers.items()):
+                if buf is not None and buf.is_inference():
+                    sub._buffers[name] = buf.clone()
+                    replaced += 1
+    return replaced
+
+
+def _prepare_sampling_wrapper(executor, model, *args, **kwargs):
+    result = executor(model, *args, **kwargs)
+    release_inference_tensors(model.model)
+    return result
+
+
+def _pack_clone(tensor: torch.Tensor):
+    # Activations (tensors with a history) are cloned when saved, so in-place updates later in the
+    # same call cannot invalidate them; parameters and inputs are saved as they are.
+    return tensor.clone() if tensor.grad_fn is not None else tensor
+
+
+def _unpack(tensor: torch.Tensor):
+    return tensor
+
+
+def _checkpointed_apply_model(executor, x, t, *args, **kwargs):
+    if not torch.is_grad_enabled():
+        return executor(x, t, *args, **kwargs)
+    base_model = executor.class_obj
+    model_sampling = base_model.model_sampling
+    knots = getattr(model_sampling, "ld3_knots", None)
+
+    def run(x_in, t_in, *knot_in):
+        # The recompute runs in backward, when ComfyUI may have loaded another patcher of the same
+        # model and restored its model_sampling: put ours back for the call, or time would differ.
+        current = base_model.model_sampling
+        base_model.model_sampling = model_sampling
+        if knots is not None:
+            model_sampling.ld3_knots = tuple(knot_in)
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(_pack_clone, _unpack):
+                return executor(x_in, t_in, *args, **kwargs)
+        finally:
+            model_sampling.ld3_knots = knots
+            base_model.model_sampling = current
+
+    knot_args = tuple(knots) if knots is not None else ()
+    return torch.utils.checkpoint.checkpoint(run, x, t, *knot_args, use_reentrant=True)
+
+
+@dataclass
+class Conditioning:
+    """What a sampling call needs besides the model: ComfyUI conditioning lists and the CFG scale."""
+
+    positive: list
+    negative: list
+    cfg: float
+
+
+def _guider(model_patcher, cond: Conditioning):
+    import comfy.samplers
+
+    guider = comfy.samplers.CFGGuider(model_patcher)
+    guider.set_conds(cond.positive, cond.negative)
+    guider.set_cfg(cond.cfg)
+    return guider
+
+
+class DifferentiableSampler:
+    """Student solver Psi_xi: ComfyUI's sampler on the user's model, differentiable in its inputs."""
+
+    def __init__(self, model_patcher, sampler_name: str, checkpoint: bool = True):
+        import comfy.patcher_extension as pe
+
+        solvers.check_sampler(sampler_name)
+        self.sampler_name = sampler_name
+        self.model = model_patch.patch_model(model_patcher)
+        self.model.add_wrapper_with_key(
+            pe.WrappersMP.PREPARE_SAMPLING, model_patch.LD3_KEY, _prepare_sampling_wrapper
+        )
+        if checkpoint:
+            self.model.add_wrapper_with_key(
+                pe.WrappersMP.APPLY_MODEL, model_patch.LD3_KEY, _checkpointed_apply_model
+            )
+        self.model_sampling = self.model.get_model_object("model_sampling")
+        self.sampler = solvers.grad_sampler(sampler_name)
+
+    def __call__(
+        self,
+        noise: torch.Tensor,
+        cond: Conditioning,
+        step_sigmas: torch.Tensor,
+        eval_sigmas: torch.Tensor | None = None,
+        seed: int = 0,
+    ) -> torch.Tensor:
+        """Sample from unit noise with the given solver sigmas and (optional) network sigmas."""
+        knots = None
+        if eval_sigmas is not None:
+            knots = (step_sigmas[: eval_sigmas.numel()], eval_sigmas)
+        self.model_sampling.ld3_knots = knots
+        try:
+            with torch.inference_mode(False), torch.enable_grad():
+                guider = _guider(self.model, cond)
+                latent = torch.zeros_like(noise)
+                return guider.sample(noise, latent, self.sampler, step_sigmas, disable_pbar=True, seed=seed)
+        finally:
+            self.model_sampling.ld3_knots = None
+
+
+def sample_stock(
+    model_patcher,
+    cond: Conditioning,
+    sampler_name: str,
+    sigmas: torch.Tensor,
+    noise: torch.Tensor,
+    seed: int = 0,
+    callback: Callable | None = None,
+) -> torch.Tensor:
+    """ComfyUI's stock sampler, no gradients: the teacher, and what users get when they sample."""
+    import comfy.samplers
+
+    with torch.no_grad():
+        guider = _guider(model_patcher, cond)
+        latent = torch.zeros_like(noise)
+        sampler = comfy.samplers.sampler_object(sampler_name)
+        return guider.sample(noise, latent, sampler, sigmas, callback=callback, disable_pbar=True, seed=seed)

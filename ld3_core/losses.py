@@ -1,0 +1,107 @@
+"""Training losses: LPIPS in pixel space through a differentiable VAE decode, or L2 in latent space.
+
+A loss object is used as ``prepared = loss.prepare(teacher_latents)`` once, then
+``loss(student_latents, prepared[batch]) -> per-sample loss [B]``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.utils.checkpoint
+
+from .comfy_adapter import release_inference_tensors
+from .errors import LD3InputError
+from .lpips_loss import load_lpips, lpips_distance
+
+LOSSES = ("lpips", "l2")
+
+
+class L2Loss:
+    """Mean squared error per sample in latent space, over every non-batch dimension (any shape)."""
+
+    name = "l2"
+
+    def prepare(self, targets: torch.Tensor) -> torch.Tensor:
+        return targets
+
+    def __call__(self, out: torch.Tensor, prepared: torch.Tensor) -> torch.Tensor:
+        return (out.float() - prepared.to(out.device, torch.float32)).pow(2).flatten(1).mean(1)
+
+
+class VAEDecoder:
+    """ComfyUI's VAE decode (``first_stage_model.decode`` + ``process_output``) with gradients.
+
+    ``VAE.decode`` moves results to the CPU and falls back to an inference-mode tiled decode, so the
+    loss calls the first-stage model directly, checkpointed as one block to keep memory flat.
+    """
+
+    def __init__(self, vae):
+        import comfy.model_management
+
+        self.vae = vae
+        with torch.inference_mode(False):
+            comfy.model_management.load_models_gpu([vae.patcher])
+            release_inference_tensors(vae.first_stage_model)
+
+    def _decode(self, latent):
+        vae = self.vae
+        return vae.process_output(
+            vae.first_stage_model.decode(latent.to(vae.vae_dtype).to(vae.device)).float()
+        )
+
+    def __call__(self, latent: torch.Tensor) -> torch.Tensor:
+        """LATENT -> images [B, C, H, W] in [0, 1]; video latents give every frame as a batch item."""
+        if torch.is_grad_enabled():
+            pixels = torch.utils.checkpoint.checkpoint(self._decode, latent, use_reentrant=False)
+        else:
+            pixels = self._decode(latent)
+        if pixels.ndim == 5:  # [B, C, T, H, W] -> [B*T, C, H, W]
+            pixels = pixels.movedim(2, 1).flatten(0, 1)
+        if pixels.ndim != 4 or pixels.shape[1] not in (1, 3):
+            raise LD3InputError(
+                "loss",
+                f"LPIPS needs images, but this VAE decodes to shape {list(pixels.shape)}",
+                "Use the L2 loss",
+            )
+        return pixels
+
+
+class LPIPSLoss:
+    """LPIPS between decoded student and teacher images (paper Sec. 4: the VAE is inside the graph)."""
+
+    name = "lpips"
+
+    def __init__(self, vae, lpips_weights: str | None, device=None, batch_size: int = 4):
+        self.decoder = VAEDecoder(vae)
+        self.lpips = load_lpips(lpips_weights, device=device or vae.device)
+        self.batch_size = batch_size
+
+    def prepare(self, targets: torch.Tensor) -> torch.Tensor:
+        """Decode the teacher latents once (no gradients), kept on the CPU as [M, frames, C, H, W]."""
+        chunks = []
+        with torch.no_grad():
+            for i in range(0, len(targets), self.batch_size):
+                chunk = targets[i : i + self.batch_size]
+                pixels = self.decoder(chunk).cpu()
+                chunks.append(pixels.view(len(chunk), -1, *pixels.shape[1:]))
+        return torch.cat(chunks)
+
+    def __call__(self, out: torch.Tensor, prepared: torch.Tensor) -> torch.Tensor:
+        pixels = self.decoder(out)
+        reference = prepared.flatten(0, 1).to(pixels.device)
+        return lpips_distance(self.lpips, pixels, reference).view(out.shape[0], -1).mean(1)
+
+
+def make_loss(kind: str, vae=None, lpips_weights: str | None = None, device=None):
+    """The training loss object for ``kind`` ("lpips" or "l2")."""
+    if kind == "l2":
+        return L2Loss()
+    if kind != "lpips":
+        raise LD3InputError("loss", f"unknown loss '{kind}'", f"Choose one of: {', '.join(LOSSES)}")
+    if vae is None:
+        raise LD3InputError(
+            "vae",
+            "LPIPS compares images, and this latent model needs its VAE to decode them",
+            "Connect the model's VAE (e.g. from the checkpoint loader), or choose the L2 loss",
+        )
+    return LPIPSLoss(vae, lpips_weights, device)

@@ -1,0 +1,63 @@
+"""LD3's parameterisation of a schedule (paper Sec. 3.1-3.3); torch only.
+
+Step sigmas come from ``step_logits`` by a cumulative softmax between fixed endpoints: sigma_max and the
+trailing 0 are constants (their gradients would be NaN through log 0). The softmax lives in
+``sigma ** (1 / rho)`` space (Karras et al.'s warp, rho = 7), where the usual schedules have gaps of
+similar size, so a logit step means about the same everywhere; the map is monotone by construction.
+Decoupled model-input times are offsets in log-sigma, clipped to half the neighbouring log-gaps.
+"""
+
+from __future__ import annotations
+
+import torch
+
+RHO = 7.0
+
+
+def sigmas_from_logits(step_logits: torch.Tensor, sigma_max: float, rho: float = RHO) -> torch.Tensor:
+    """tau'(i) = sum_{n >= i} softmax(xi)[n] (paper Eq. 6), mapped to [0, sigma_max]: N logits -> N+1 sigmas."""
+    fractions = torch.softmax(step_logits, dim=0)
+    remaining = fractions.flip(0).cumsum(0).flip(0)  # remaining[i] = sum_{n >= i} fractions[n]
+    u_max = float(sigma_max) ** (1.0 / rho)
+    interior = (u_max * remaining[1:]).clamp_min(0) ** rho
+    first = step_logits.new_full((1,), float(sigma_max))
+    last = step_logits.new_zeros(1)
+    return torch.cat([first, interior, last])
+
+
+def logits_from_sigmas(step_sigmas: torch.Tensor, rho: float = RHO) -> torch.Tensor:
+    """Inverse of ``sigmas_from_logits`` for a decreasing schedule ending in 0 (up to a constant)."""
+    u = step_sigmas.double().clamp_min(0) ** (1.0 / rho)
+    gaps = (u[:-1] - u[1:]).clamp_min(1e-12 * float(u[0]))
+    return (gaps / gaps.sum()).log().to(step_sigmas.dtype)
+
+
+def offset_window(step_sigmas: torch.Tensor) -> torch.Tensor:
+    """Half the smaller neighbouring log-gap of each evaluated sigma; 0 at sigma_max (kept fixed)."""
+    log_sigma = step_sigmas[:-1].detach().log()
+    gaps = log_sigma[:-1] - log_sigma[1:]  # between evaluated sigmas; the last step goes to 0
+    left = torch.cat([gaps.new_zeros(1), gaps])
+    right = torch.cat([gaps, gaps.new_full((1,), float("inf"))])
+    window = 0.5 * torch.minimum(left, right)
+    window[0] = 0.0
+    return window
+
+
+def eval_sigmas_from_offsets(step_sigmas: torch.Tensor, eval_offsets: torch.Tensor) -> torch.Tensor:
+    """Network sigmas t_i^c = t_i * exp(xi^c_i), xi^c clipped to the window (paper Sec. 3.3)."""
+    window = offset_window(step_sigmas)
+    clipped = torch.maximum(torch.minimum(eval_offsets, window), -window)
+    return step_sigmas[:-1] * clipped.exp()
+
+
+def ball_radius(gamma: float, dims: int, nfe: int) -> float:
+    """r = gamma * d / NFE^2 (paper App. B.1)."""
+    return gamma * dims / nfe**2
+
+
+def project_to_ball(x_prime: torch.Tensor, x: torch.Tensor, radius: float) -> torch.Tensor:
+    """Algorithm 1 line 6: project each sample of x' onto the L2 ball of the given radius around x."""
+    delta = x_prime - x
+    norms = delta.flatten(1).norm(dim=1).clamp_min(1e-30)
+    scale = (radius / norms).clamp(max=1.0).view(-1, *([1] * (x.dim() - 1)))
+    return x + delta * scale

@@ -1,0 +1,196 @@
+"""ComfyUI's own ODE samplers, made differentiable without re-implementing or modifying them.
+
+ComfyUI's k-diffusion samplers are ``@torch.no_grad()`` and call decorated siblings through module
+globals; two of them also ``.detach()`` their history. We load a *grad-enabled twin* of each sampler
+module: the module's own source, parsed, with the ``torch.no_grad()`` decorators and the ``.detach()``
+calls removed (neither changes a forward value), compiled under the module's own file name and
+package, so relative imports resolve to ComfyUI's real modules. ComfyUI's modules stay untouched.
+
+DEIS computes its step coefficients on the CPU from detached sigmas by numerical integration; its
+twin gets the coefficients from ComfyUI's own function (same values) and their Jacobian with respect
+to the sigmas by central differences in float64 (see ``_DeisCoefficients``).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import types
+from functools import cache
+
+import torch
+
+from .errors import LD3InputError
+
+# Deterministic ODE samplers whose sigma gradients are exact through the twin modules.
+SUPPORTED_SAMPLERS: tuple[str, ...] = (
+    "euler",
+    "euler_cfg_pp",
+    "heun",
+    "heunpp2",
+    "dpm_2",
+    "dpmpp_2m",
+    "dpmpp_2m_cfg_pp",
+    "ipndm",
+    "ipndm_v",
+    "deis",
+    "uni_pc",
+    "uni_pc_bh2",
+    "res_multistep",
+    "res_multistep_cfg_pp",
+    "gradient_estimation",
+    "gradient_estimation_cfg_pp",
+    "ddim",
+)
+# The paper's solvers (UniPC, DPM-Solver++(2M), iPNDM, Euler).
+PAPER_SAMPLERS: tuple[str, ...] = ("uni_pc", "dpmpp_2m", "ipndm", "euler")
+
+
+class _StripNoGradAndDetach(ast.NodeTransformer):
+    """Remove ``@torch.no_grad()`` decorators and turn ``x.detach()`` into ``x``."""
+
+    @staticmethod
+    def _is_no_grad(node: ast.expr) -> bool:
+        target = node.func if isinstance(node, ast.Call) else node
+        return isinstance(target, ast.Attribute) and target.attr == "no_grad"
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
+        node.decorator_list = [d for d in node.decorator_list if not self._is_no_grad(d)]
+        self.generic_visit(node)
+        return node
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        self.generic_visit(node)
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr == "detach" and not node.args and not node.keywords:
+            return func.value
+        return node
+
+
+@cache
+def grad_twin(module_name: str) -> types.ModuleType:
+    """Return a grad-enabled twin of one of ComfyUI's sampler modules (built once per process)."""
+    original = importlib.import_module(module_name)
+    tree = _StripNoGradAndDetach().visit(ast.parse(inspect.getsource(original)))
+    ast.fix_missing_locations(tree)
+    twin = types.ModuleType(f"{module_name}.__ld3_grad__")
+    twin.__dict__.update(
+        __file__=original.__file__, __package__=original.__package__, __builtins__=__builtins__
+    )
+    exec(compile(tree, original.__file__, "exec"), twin.__dict__)
+    if module_name == "comfy.k_diffusion.sampling":
+        twin.deis = _DeisWithGradients(original.deis)
+    return twin
+
+
+class _DeisCoefficients(torch.autograd.Function):
+    """DEIS step coefficients: ComfyUI's values forward, a central-difference Jacobian backward."""
+
+    @staticmethod
+    def forward(ctx, sigmas, fn, max_order, deis_mode):
+        with torch.no_grad():
+            coeffs = _flatten(fn(sigmas.detach(), max_order, deis_mode=deis_mode))
+            base = sigmas.detach().to(torch.float64)
+            # Relative steps: sigmas span four decades; the trailing zero gets an absolute step.
+            steps = torch.where(base > 0, base * 1e-4, torch.full_like(base, 1e-7))
+            cols = []
+            previous = torch.get_default_dtype()
+            torch.set_default_dtype(torch.float64)  # the integration grid is built in the default dtype
+            try:
+                for k in range(base.numel()):
+                    bump = torch.zeros_like(base)
+                    bump[k] = steps[k]
+                    plus = _flatten(fn(base + bump, max_order, deis_mode=deis_mode))
+                    minus = _flatten(fn(base - bump, max_order, deis_mode=deis_mode))
+                    cols.append((plus - minus) / (2 * steps[k]))
+            finally:
+                torch.set_default_dtype(previous)
+        ctx.save_for_backward(torch.stack(cols, dim=1) if cols else torch.zeros(0, 0))
+        ctx.sigma_dtype = sigmas.dtype
+        return coeffs.to(sigmas.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_coeffs):
+        (jacobian,) = ctx.saved_tensors
+        grad = grad_coeffs.to(jacobian) @ jacobian
+        return grad.to(ctx.sigma_dtype), None, None, None
+
+
+def _flatten(coeff_list) -> torch.Tensor:
+    values = [torch.as_tensor(c, dtype=torch.float64).reshape(()) for row in coeff_list for c in row]
+    return torch.stack(values) if values else torch.zeros(0, dtype=torch.float64)
+
+
+class _DeisWithGradients:
+    """Stands in for ``comfy.k_diffusion.deis`` inside the sampling twin."""
+
+    def __init__(self, deis_module: types.ModuleType):
+        self._deis = deis_module
+
+    def get_deis_coeff_list(self, t_steps, max_order, N=10000, deis_mode="tab"):
+        shape = self._deis.get_deis_coeff_list(t_steps.detach(), max_order, N=N, deis_mode=deis_mode)
+        flat = _DeisCoefficients.apply(
+            t_steps,
+            lambda s, o, deis_mode: self._deis.get_deis_coeff_list(s, o, N=N, deis_mode=deis_mode),
+            max_order,
+            deis_mode,
+        )
+        rows, offset = [], 0
+        for row in shape:
+            rows.append([flat[offset + j].to(t_steps.device) for j in range(len(row))])
+            offset += len(row)
+        return rows
+
+    def __getattr__(self, name):
+        return getattr(self._deis, name)
+
+
+def check_sampler(sampler_name: str, input_name: str = "sampler_name") -> str:
+    """Refuse samplers LD3 cannot train through, listing the supported ones."""
+    if sampler_name not in SUPPORTED_SAMPLERS:
+        kind = (
+            "is stochastic (ancestral/SDE samplers inject fresh noise; LD3 learns ODE solvers)"
+            if any(tag in sampler_name for tag in ("ancestral", "sde", "ddpm", "lcm", "seeds", "sa_solver"))
+            else "has no usable gradient with respect to its time points"
+        )
+        raise LD3InputError(
+            input_name,
+            f"sampler '{sampler_name}' {kind}",
+            f"Choose one of: {', '.join(SUPPORTED_SAMPLERS)}",
+        )
+    return sampler_name
+
+
+def grad_sampler(sampler_name: str):
+    """A ``comfy.samplers.KSAMPLER`` running ComfyUI's own sampler with gradients enabled.
+
+    Mirrors ``comfy.samplers.sampler_object`` (including ``ddim`` = euler with random inpaint noise).
+    """
+    import comfy.samplers
+
+    check_sampler(sampler_name)
+    kd = grad_twin("comfy.k_diffusion.sampling")
+    if sampler_name in ("uni_pc", "uni_pc_bh2"):
+        unipc = grad_twin("comfy.extra_samplers.uni_pc")
+        fn = unipc.sample_unipc if sampler_name == "uni_pc" else unipc.sample_unipc_bh2
+        return comfy.samplers.KSAMPLER(_clone_sigmas(fn))
+    if sampler_name == "ddim":
+        return comfy.samplers.KSAMPLER(kd.sample_euler, inpaint_options={"random": True})
+    return comfy.samplers.KSAMPLER(getattr(kd, f"sample_{sampler_name}"))
+
+
+def _clone_sigmas(fn):
+    """UniPC writes 0.001 into its sigmas' last entry in place: give it a copy, not the caller's."""
+
+    def sampler_function(model, noise, sigmas, *args, **kwargs):
+        return fn(model, noise, sigmas.clone(), *args, **kwargs)
+
+    return sampler_function
+
+
+def stock_sampler(sampler_name: str):
+    """ComfyUI's stock (no-grad) sampler object for the same name."""
+    import comfy.samplers
+
+    return comfy.samplers.sampler_object(sampler_name)
