@@ -21,3 +21,241 @@ if str(PACK_ROOT) not in sys.path:
 import comfy.cli_args  # noqa: E402
 
 comfy.cli_args.args.cpu = True  # before comfy.model_management is imported anywhere
+
+# ---------------------------------------------------------------------------------------------------
+# Fixtures. Everything below runs after the bootstrap above (ComfyUI first on sys.path, CPU only).
+
+import asyncio  # noqa: E402
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+import types  # noqa: E402
+import urllib.error  # noqa: E402
+import urllib.request  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+
+import pytest  # noqa: E402
+import tiny_models  # noqa: E402
+
+PACK_DIR_NAME = "ComfyUI-LD3"  # the folder name under custom_nodes/ (scripts/setup.sh links it so)
+SERVER_START_TIMEOUT_S = 120.0
+
+
+# -- the pack, imported the way ComfyUI's loader does (nodes.load_custom_node) ----------------------
+
+
+def load_pack(name: str = PACK_DIR_NAME) -> types.ModuleType:
+    """Import the pack root as a package from its __init__.py, as ComfyUI does (never as `nodes`)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(
+        name, PACK_ROOT / "__init__.py", submodule_search_locations=[str(PACK_ROOT)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+@pytest.fixture(scope="session")
+def ld3_pack() -> types.ModuleType:
+    """The pack's root module, imported as ComfyUI imports a custom-node folder."""
+    return load_pack()
+
+
+@pytest.fixture(scope="session")
+def ld3_node_classes(ld3_pack) -> list:
+    """The node classes the pack's comfy_entrypoint hands to ComfyUI."""
+    extension = asyncio.run(ld3_pack.comfy_entrypoint())
+    return asyncio.run(extension.get_node_list())
+
+
+# -- tiny models built with ComfyUI's own classes (tests/tiny_models.py) ----------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15():
+    """ModelPatcher of a tiny SD1.5-architecture UNet, EPS prediction, fp32, CPU."""
+    return tiny_models.build_tiny_sd15(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15_v():
+    """ModelPatcher of a tiny SD1.5-architecture UNet, V prediction, fp32, CPU."""
+    import comfy.model_base
+
+    return tiny_models.build_tiny_sd15(comfy.model_base.ModelType.V_PREDICTION, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_flux():
+    """ModelPatcher of a tiny Flux-dev-architecture DiT (guidance embedding), fp32, CPU."""
+    return tiny_models.build_tiny_flux(seed=2)
+
+
+@pytest.fixture(scope="session")
+def sd15_conds() -> tuple[list, list]:
+    """(positive, negative) conditioning for the tiny SD1.5 models, seeded."""
+    return tiny_models.sd15_conditioning(seed=0)
+
+
+@pytest.fixture(scope="session")
+def flux_conds() -> tuple[list, list]:
+    """(positive, negative) conditioning for the tiny Flux model (pooled output, guidance 3.5), seeded."""
+    return tiny_models.flux_conditioning(seed=0)
+
+
+# -- a real ComfyUI server with the pack loaded -----------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def log_tail(path: Path, lines: int = 60) -> str:
+    """The last lines of a log file (for failure messages)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return f"(no log at {path}: {exc})"
+
+
+@dataclass
+class ComfyServer:
+    """A running ComfyUI server: its base URL, log file and process."""
+
+    base_url: str
+    log_path: Path
+    process: subprocess.Popen
+    output_dir: Path
+    _object_info: dict | None = field(default=None, repr=False)
+
+    def get_json(self, path: str, timeout: float = 30.0):
+        with urllib.request.urlopen(self.base_url + path, timeout=timeout) as response:
+            return json.load(response)
+
+    def post_json(self, path: str, payload: dict, timeout: float = 30.0):
+        request = urllib.request.Request(
+            self.base_url + path,
+            data=json.dumps(payload).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as exc:
+            raise AssertionError(f"POST {path} -> {exc.code}: {exc.read().decode(errors='replace')}") from exc
+
+    def object_info(self) -> dict:
+        """GET /object_info, fetched once per session (it lists every node type)."""
+        if self._object_info is None:
+            self._object_info = self.get_json("/object_info")
+        return self._object_info
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def run_prompt(self, graph: dict, timeout: float = 300.0) -> dict:
+        """Queue an API-format graph, wait for it and return its /history entry (fails on an error)."""
+        prompt_id = self.post_json("/prompt", {"prompt": graph})["prompt_id"]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"ComfyUI exited while running a prompt:\n{log_tail(self.log_path)}")
+            history = self.get_json(f"/history/{prompt_id}")
+            if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+                entry = history[prompt_id]
+                if entry["status"].get("status_str") != "success":
+                    raise AssertionError(
+                        f"prompt failed: {json.dumps(entry['status'], indent=1)}\n{log_tail(self.log_path)}"
+                    )
+                return entry
+            time.sleep(0.1)
+        raise AssertionError(f"prompt {prompt_id} did not finish in {timeout} s:\n{log_tail(self.log_path)}")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory) -> ComfyServer:
+    """Start ComfyUI's main.py on a free port with the pack loaded; stopped by PID at session end.
+
+    Output, input, temp and user folders live in a temporary directory; the models folders stay the
+    user's (ComfyUI/models). The sqlite database is in memory.
+    """
+    link = COMFYUI_DIR / "custom_nodes" / PACK_DIR_NAME
+    if not link.exists() or link.resolve() != PACK_ROOT:
+        pytest.fail(f"{link} does not point at this checkout ({PACK_ROOT}): run scripts/setup.sh")
+    base = tmp_path_factory.mktemp("comfy_server")
+    dirs = {name: base / name for name in ("output", "input", "temp", "user")}
+    for path in dirs.values():
+        path.mkdir()
+    port = _free_port()
+    log_path = base / "comfyui.log"
+    command = [
+        sys.executable,
+        str(COMFYUI_DIR / "main.py"),
+        "--cpu",
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--disable-auto-launch",
+        "--disable-api-nodes",
+        "--output-directory",
+        str(dirs["output"]),
+        "--input-directory",
+        str(dirs["input"]),
+        "--temp-directory",
+        str(dirs["temp"]),
+        "--user-directory",
+        str(dirs["user"]),
+        "--database-url",
+        "sqlite:///:memory:",
+    ]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            command,
+            cwd=COMFYUI_DIR,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+    server = ComfyServer(f"http://127.0.0.1:{port}", log_path, process, dirs["output"])
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(
+                    f"ComfyUI exited with {process.returncode} at start; log {log_path}:\n{log_tail(log_path)}"
+                )
+            try:
+                server.get_json("/system_stats", timeout=5)
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if time.monotonic() > deadline:
+                    pytest.fail(
+                        f"ComfyUI did not answer in {SERVER_START_TIMEOUT_S} s; log {log_path}:\n{log_tail(log_path)}"
+                    )
+                time.sleep(0.25)
+        yield server
+    finally:
+        _stop(process)
