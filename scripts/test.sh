@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Lint and test: ruff check, ruff format --check, then pytest in .venv. Arguments go to pytest.
+# Needs the environment from scripts/setup.sh.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PY="$ROOT/.venv/bin/python"
+
+if [ ! -x "$PY" ] || [ ! -x "$ROOT/.venv/bin/ruff" ] || [ ! -f "$ROOT/.comfyui/ComfyUI/main.py" ]; then
+  echo "test.sh: no development environment (.venv, .comfyui/ComfyUI): run 'bash scripts/setup.sh' first" >&2
+  exit 2
+fi
+
+echo "==> ruff check"
+"$ROOT/.venv/bin/ruff" check .
+echo "==> ruff format --check"
+"$ROOT/.venv/bin/ruff" format --check .
+echo "==> pytest $*"
+exec "$PY" -m pytest "$@"
