@@ -19,7 +19,8 @@ def sigmas_from_logits(step_logits: torch.Tensor, sigma_max: float, rho: float =
     fractions = torch.softmax(step_logits, dim=0)
     remaining = fractions.flip(0).cumsum(0).flip(0)  # remaining[i] = sum_{n >= i} fractions[n]
     u_max = float(sigma_max) ** (1.0 / rho)
-    interior = (u_max * remaining[1:]).clamp_min(0) ** rho
+    # remaining[1] can round above 1 when softmax(xi)[0] underflows; clamp so sigma_1 <= sigma_max.
+    interior = ((u_max * remaining[1:]).clamp_min(0) ** rho).clamp_max(float(sigma_max))
     first = step_logits.new_full((1,), float(sigma_max))
     last = step_logits.new_zeros(1)
     return torch.cat([first, interior, last])
@@ -34,7 +35,8 @@ def logits_from_sigmas(step_sigmas: torch.Tensor, rho: float = RHO) -> torch.Ten
 
 def offset_window(step_sigmas: torch.Tensor) -> torch.Tensor:
     """Half the smaller neighbouring log-gap of each evaluated sigma; 0 at sigma_max (kept fixed)."""
-    log_sigma = step_sigmas[:-1].detach().log()
+    # Clamped: extreme logits can underflow an interior sigma to 0 (log 0 would make every window NaN).
+    log_sigma = step_sigmas[:-1].detach().clamp_min(torch.finfo(step_sigmas.dtype).tiny).log()
     gaps = log_sigma[:-1] - log_sigma[1:]  # between evaluated sigmas; the last step goes to 0
     left = torch.cat([gaps.new_zeros(1), gaps])
     right = torch.cat([gaps, gaps.new_full((1,), float("inf"))])
