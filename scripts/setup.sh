@@ -75,8 +75,12 @@ step "chromium (Debian package, for the browser tests; skipped when already inst
 if ! command -v chromium >/dev/null 2>&1; then
   SUDO=()
   if [ "$(id -u)" -ne 0 ]; then SUDO=(sudo); fi
-  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+  APT_LOG="$CACHE/apt-chromium.log"
+  if ! { "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+      && "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >"$APT_LOG" 2>&1; then
+    tail -n 40 "$APT_LOG" >&2
+    false
+  fi
   command -v chromium >/dev/null
 fi
 
