@@ -1,0 +1,216 @@
+"""An exact Gaussian-mixture data distribution, wrapped as a real ComfyUI model for tests and benchmarks.
+
+The denoiser E[x0 | x] of a Gaussian mixture is closed form, so the probability-flow ODE that ComfyUI's
+samplers solve has a known right-hand side: schedules can be judged against a true answer.
+"""
+
+import math
+import weakref
+from typing import Literal
+
+import comfy.latent_formats
+import comfy.model_base
+import comfy.model_patcher
+import comfy.patcher_extension
+import comfy.supported_models_base
+import torch
+import torch.nn.functional as F
+
+# SD1.x's discrete schedule (comfy/supported_models.py SD15 leaves these at ModelSamplingDiscrete's defaults).
+SD1_SAMPLING = {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012, "timesteps": 1000}
+FLOW_SAMPLING = {"shift": 1.0, "multiplier": 1000}
+CONTEXT_SHAPE = (1, 8)  # tokens, width of the (ignored) cross-attention conditioning
+
+
+class GaussianMixture(torch.nn.Module):
+    """p(x0) = sum_k w_k N(mu_k, s_k^2 I) with an exact, differentiable posterior mean."""
+
+    def __init__(self, means: torch.Tensor, stds: torch.Tensor, weights: torch.Tensor):
+        super().__init__()
+        k = means.shape[0]
+        if means.ndim < 2 or stds.shape != (k,) or weights.shape != (k,):
+            raise ValueError(
+                f"means [K, *shape], stds [K], weights [K]; got {means.shape}, {stds.shape}, {weights.shape}"
+            )
+        if not bool((stds > 0).all()) or not bool((weights > 0).all()):
+            raise ValueError("mixture stds and weights must be positive")
+        dtype = means.dtype if means.dtype == torch.float64 else torch.float32
+        self.register_buffer("means", means.detach().to(dtype).clone())
+        self.register_buffer("stds", stds.detach().to(dtype).clone())
+        self.register_buffer("log_weights", (weights / weights.sum()).log().detach().to(dtype))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of one sample (no batch dimension)."""
+        return tuple(self.means.shape[1:])
+
+    def posterior_mean(self, x: torch.Tensor, alpha, sigma) -> torch.Tensor:
+        """E[x0 | x] for x = alpha * x0 + sigma * eps; alpha, sigma scalars or per-sample [B]."""
+        batch = x.shape[0]
+        if tuple(x.shape[1:]) != self.shape:
+            raise ValueError(f"mixture samples have shape {self.shape}, got x of shape {tuple(x.shape)}")
+        dtype = torch.promote_types(x.dtype, self.means.dtype)
+        flat = x.reshape(batch, -1).to(dtype)
+        alpha = _per_sample(alpha, batch, flat)  # [B, 1]
+        sigma = _per_sample(sigma, batch, flat)
+        means = self.means.reshape(self.means.shape[0], -1).to(dtype)  # [K, D]
+        prior_var = self.stds.to(dtype) ** 2  # [K]
+        var = alpha**2 * prior_var + sigma**2  # [B, K]: x | k ~ N(alpha mu_k, var I)
+        diff = flat[:, None, :] - alpha[:, :, None] * means  # [B, K, D]
+        log_lik = -0.5 * flat.shape[1] * var.log() - 0.5 * diff.pow(2).sum(-1) / var
+        # Responsibilities through a log-softmax: the likelihoods differ by hundreds of nats at small sigma.
+        resp = torch.softmax(self.log_weights.to(dtype) + log_lik, dim=1)
+        gain = alpha * prior_var / var  # [B, K]: Gaussian posterior mean mu_k + gain * (x - alpha mu_k)
+        mean = (resp[..., None] * (means + gain[..., None] * diff)).sum(1)
+        return mean.reshape(x.shape).to(x.dtype)
+
+    def denoise(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """E[x0 | x0 + sigma * eps = x] (variance-exploding form, the k-diffusion denoiser)."""
+        return self.posterior_mean(x, 1.0, sigma)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw n samples x0 from the mixture."""
+        k = torch.multinomial(self.log_weights.exp().float().cpu(), n, replacement=True, generator=generator)
+        noise = torch.randn((n, *self.shape), generator=generator, dtype=self.means.dtype)
+        k = k.to(self.means.device)
+        std = self.stds[k].reshape((n,) + (1,) * len(self.shape))
+        return self.means[k] + std * noise.to(self.means.device)
+
+
+def _per_sample(value, batch: int, like: torch.Tensor) -> torch.Tensor:
+    value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    if value.numel() == 1:
+        return value.reshape(1, 1).expand(batch, 1)
+    return value.reshape(batch, 1)
+
+
+def _smooth_noise(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """A low-frequency random pattern: coarse noise (2 + size/8 cells per axis) linearly upsampled."""
+    channels, spatial = shape[0], shape[1:]
+    coarse_shape = (channels, *(min(size, 2 + size // 8) for size in spatial))
+    coarse = torch.randn(coarse_shape, generator=generator, dtype=torch.float64)
+    out = coarse
+    for axis, size in enumerate(spatial, start=1):
+        # One axis at a time with 1-D linear interpolation, so any number of spatial dims works.
+        moved = out.movedim(axis, -1)
+        lead = moved.shape[:-1]
+        resized = F.interpolate(
+            moved.reshape(1, -1, moved.shape[-1]), size=size, mode="linear", align_corners=True
+        )
+        out = resized.reshape(*lead, size).movedim(-1, axis)
+    return out
+
+
+def make_mixture(
+    shape: tuple[int, ...], components: int = 8, seed: int = 0, dtype: torch.dtype = torch.float64
+) -> GaussianMixture:
+    """A mixture of smooth, structured means (RMS about 1) with small stds in [0.1, 0.3]."""
+    if len(shape) < 1 or any(int(s) < 1 for s in shape):
+        raise ValueError(f"shape must be (channels, *spatial) with positive sizes, got {shape}")
+    gen = torch.Generator().manual_seed(seed)
+    means = []
+    for _ in range(components):
+        pattern = _smooth_noise(tuple(int(s) for s in shape), gen)
+        offset = 0.5 * torch.randn((shape[0],) + (1,) * (len(shape) - 1), generator=gen, dtype=torch.float64)
+        pattern = pattern + offset
+        means.append(pattern / pattern.pow(2).mean().sqrt())
+    stds = 0.1 + 0.2 * torch.rand(components, generator=gen, dtype=torch.float64)
+    weights = 0.5 + torch.rand(components, generator=gen, dtype=torch.float64)
+    return GaussianMixture(torch.stack(means).to(dtype), stds.to(dtype), weights.to(dtype))
+
+
+class MixtureDenoiserNet(torch.nn.Module):
+    """The "diffusion_model" of a mixture model: the exact eps (discrete) or v (flow) prediction."""
+
+    def __init__(self, mixture: GaussianMixture, kind: Literal["eps", "flow"]):
+        super().__init__()
+        self.mixture = mixture
+        self.kind = kind
+        # What BaseModel.get_dtype() reports (inputs arrive in it); the maths runs in the mixture's dtype.
+        self.dtype = torch.float32
+        self._owner = None
+
+    def attach(self, base_model: comfy.model_base.BaseModel) -> None:
+        """Remember the BaseModel whose (possibly patched) model_sampling maps timesteps back to sigmas."""
+        self._owner = weakref.ref(base_model)  # weak: the BaseModel owns this module, not the reverse
+
+    def forward(
+        self, x, timesteps=None, context=None, y=None, control=None, transformer_options=None, **kwargs
+    ):
+        transformer_options = {} if transformer_options is None else transformer_options
+        # Same signature and DIFFUSION_MODEL wrapper hook as ComfyUI's UNetModel.forward, so wrappers that
+        # patch the network's inputs (e.g. decoupled model times) act on this model as on a real one.
+        return comfy.patcher_extension.WrapperExecutor.new_class_executor(
+            self._forward,
+            self,
+            comfy.patcher_extension.get_all_wrappers(
+                comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, transformer_options
+            ),
+        ).execute(x, timesteps, context, y, control, transformer_options, **kwargs)
+
+    def _forward(
+        self, x, timesteps=None, context=None, y=None, control=None, transformer_options=None, **kwargs
+    ):
+        owner = self._owner() if self._owner is not None else None
+        if owner is None:
+            raise RuntimeError("MixtureDenoiserNet is not attached to a BaseModel")
+        model_sampling = owner.model_sampling
+        work = torch.promote_types(x.dtype, self.mixture.means.dtype)
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        if self.kind == "eps":
+            # EPS input is x / sqrt(1 + sigma^2) at the sigma the timestep stands for (ComfyUI rounds
+            # the timestep to its grid, so off-grid sigmas are seen as the nearest grid sigma).
+            sigma = model_sampling.sigma(timesteps).to(x.device, work).reshape(-1)
+            sigma = sigma.expand(x.shape[0]) if sigma.numel() == 1 else sigma
+            s = sigma.reshape(shape)
+            noisy = x.to(work) * (1 + s**2).sqrt()
+            out = (noisy - self.mixture.denoise(noisy, sigma)) / s
+        else:
+            # Flow: the network's timestep is sigma * multiplier. model_sampling.sigma(t) would apply the
+            # shift a second time (it maps unshifted time to shifted sigma), so divide instead.
+            sigma = (timesteps / getattr(model_sampling, "multiplier", 1.0)).to(x.device, work).reshape(-1)
+            sigma = sigma.expand(x.shape[0]) if sigma.numel() == 1 else sigma
+            s = sigma.reshape(shape)
+            x0 = self.mixture.posterior_mean(x.to(work), 1 - sigma, sigma)
+            # v = (x - x0) / s; at s = 0, x = x0 exactly, so any finite denominator gives 0.
+            out = (x.to(work) - x0) / s.clamp_min(torch.finfo(work).tiny)
+        return out.to(x.dtype)
+
+
+class _MixtureConfig(comfy.supported_models_base.BASE):
+    unet_config = {"disable_unet_model_creation": True}
+    latent_format = comfy.latent_formats.LatentFormat  # scale_factor 1: latents are the mixture's samples
+    memory_usage_factor = 0.01
+
+
+def mixture_model_patcher(
+    mixture: GaussianMixture, kind: Literal["eps", "flow"], device: torch.device | str = "cpu"
+) -> comfy.model_patcher.ModelPatcher:
+    """A ComfyUI MODEL whose network is the mixture's exact denoiser (SD1.x EPS or rectified flow)."""
+    if kind not in ("eps", "flow"):
+        raise ValueError(f"kind must be 'eps' or 'flow', got {kind!r}")
+    config = _MixtureConfig(dict(_MixtureConfig.unet_config))
+    config.sampling_settings = dict(SD1_SAMPLING if kind == "eps" else FLOW_SAMPLING)
+    # Latent metadata some ComfyUI code reads (e.g. empty-latent channel fixing, previews).
+    config.latent_format.latent_channels = mixture.shape[0]
+    config.latent_format.latent_dimensions = len(mixture.shape) - 1
+    model_type = comfy.model_base.ModelType.EPS if kind == "eps" else comfy.model_base.ModelType.FLOW
+    device = torch.device(device)
+    base = comfy.model_base.BaseModel(config, model_type=model_type, device=device)
+    base.diffusion_model = MixtureDenoiserNet(mixture, kind).to(device)
+    base.diffusion_model.attach(base)
+    return comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=device)
+
+
+def mixture_conditioning(batch: int = 1) -> tuple[list, list]:
+    """(positive, negative) conditioning in ComfyUI's format; the mixture model ignores its content."""
+    positive = [[torch.zeros((batch, *CONTEXT_SHAPE)), {}]]
+    negative = [[torch.zeros((batch, *CONTEXT_SHAPE)), {}]]
+    return positive, negative
+
+
+def mixture_separation(mixture: GaussianMixture) -> float:
+    """Smallest distance between two component means (a scale for "in distribution" checks)."""
+    flat = mixture.means.reshape(mixture.means.shape[0], -1)
+    dist = torch.cdist(flat, flat).fill_diagonal_(math.inf)
+    return float(dist.min())
