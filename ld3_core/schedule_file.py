@@ -56,11 +56,11 @@ class ScheduleRecord:
     sampler: str
     cfg: float
     latent_shape: tuple[int, ...]
-    model: dict = field(default_factory=dict)  # identity: str -> JSON scalar
-    loss: str = "lpips"
+    model: dict  # identity: str -> JSON scalar (model class, model_sampling, sigma range, fingerprint)
+    loss: str
     # validation_curve, best_validation_loss, initial_scheduler, initial_validation_loss, epochs_done, status
-    train: dict = field(default_factory=dict)
-    versions: dict = field(default_factory=dict)  # str -> str
+    train: dict
+    versions: dict = field(default_factory=lambda: default_versions())  # str -> str
 
     def __post_init__(self):
         # Own private float32 copies (the file's dtype) so the frozen record cannot change under us;

@@ -430,3 +430,13 @@ def test_schedule_names_refused(name, fragment):
 def test_schedule_name_input_label():
     with pytest.raises(LD3InputError, match="^filename: "):
         validate_schedule_name("a/b", input_name="filename")
+
+
+def test_versions_default_to_the_running_stack():
+    fields = {name: getattr(make_record(), name) for name in ("step_sigmas", "eval_sigmas", "sampler", "cfg")}
+    record = ScheduleRecord(
+        **fields, latent_shape=(1, 4, 8, 8), model={}, loss="l2", train=make_record().train
+    )
+    assert record.versions["torch"] == torch.__version__
+    with pytest.raises(TypeError):
+        ScheduleRecord(**fields, latent_shape=(1, 4, 8, 8), model={}, loss="l2")  # train is required
