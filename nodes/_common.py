@@ -1,0 +1,163 @@
+"""Glue shared by the LD3 nodes: registration, progress + cancel, the LD3_TEACHER value and file writing."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import comfy.model_management
+import comfy.utils
+import folder_paths
+import torch
+from comfy_api.latest import io
+from safetensors.torch import save as safetensors_save
+
+from ..ld3_core.comfy_adapter import Conditioning
+from ..ld3_core.schedule_file import default_versions
+from ..ld3_core.scheduler import register_ld3_scheduler
+from ..ld3_core.teacher import TeacherData
+
+SCHEDULE_FOLDER = "ld3"  # models/ld3: learned schedule files
+LPIPS_FOLDER = "lpips"  # models/lpips: alexnet.safetensors for the LPIPS loss, if present
+LPIPS_WEIGHTS = "alexnet.safetensors"
+TEACHER_SUBFOLDER = "ld3"  # output/ld3: teacher data written by LD3 Generate Teacher
+TEACHER_FORMAT = "ld3-teacher"
+TEACHER_FORMAT_VERSION = 1
+PACK_ROOT = Path(__file__).resolve().parents[1]
+
+# The custom io type that carries teacher data from LD3 Generate Teacher to training and comparison.
+Teacher = io.Custom("LD3_TEACHER")
+
+
+@dataclass(frozen=True)
+class TeacherBundle:
+    """What an LD3_TEACHER socket carries: the teacher data and the conditionings it was made with."""
+
+    data: TeacherData
+    conditionings: tuple[Conditioning, ...]
+
+    @property
+    def cfg(self) -> float:
+        return float(self.conditionings[0].cfg)
+
+
+def register_pack() -> None:
+    """Register the ``ld3`` KSampler scheduler and the ``ld3`` / ``lpips`` model folders (idempotent)."""
+    register_ld3_scheduler()
+    for name in (SCHEDULE_FOLDER, LPIPS_FOLDER):
+        folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name))
+        folder_paths.folder_names_and_paths[name][1].add(".safetensors")
+
+
+def schedule_dir() -> Path:
+    """Where LD3 Train Sigmas saves: the first ``ld3`` models folder (models/ld3 unless configured)."""
+    return Path(folder_paths.get_folder_paths(SCHEDULE_FOLDER)[0])
+
+
+def lpips_weights_path() -> str | None:
+    """models/lpips/alexnet.safetensors if it exists (offline LPIPS), else None (torchvision's cache)."""
+    return folder_paths.get_full_path(LPIPS_FOLDER, LPIPS_WEIGHTS)
+
+
+def versions() -> dict:
+    """Software versions recorded in schedule files: Python, torch, safetensors, ComfyUI, this pack."""
+    out = default_versions()
+    try:
+        import comfyui_version
+
+        out["comfyui_version"] = str(comfyui_version.__version__)
+    except ImportError:  # ComfyUI run as a library from elsewhere: the version is simply not recorded
+        pass
+    match = re.search(r'^version\s*=\s*"([^"]+)"', _read_text(PACK_ROOT / "pyproject.toml"), re.MULTILINE)
+    if match:
+        out["ld3"] = match.group(1)
+    return out
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        return ""
+
+
+class NodeProgress:
+    """Progress callback for a node: drives ComfyUI's progress bar and honours Cancel (/interrupt)."""
+
+    def __init__(self, total: int):
+        self.bar = comfy.utils.ProgressBar(max(1, int(total)))
+
+    def __call__(self, done: int, total: int | None = None) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        self.bar.update_absolute(int(done), None if total is None else max(1, int(total)))
+
+    def check(self) -> None:
+        """Raise ComfyUI's interruption exception if the user pressed Cancel."""
+        comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` as a complete new file or not at all (temp file + os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # Interrupts included: a half-written temp file must never be left behind.
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def next_numbered_path(directory: str | os.PathLike, stem: str, suffix: str = ".safetensors") -> Path:
+    """``<directory>/<stem>_<counter>.safetensors`` with the counter one past the highest existing one."""
+    directory = Path(directory)
+    pattern = re.compile(re.escape(stem) + r"_(\d+)" + re.escape(suffix) + "$")
+    used = [int(m.group(1)) for p in _listdir(directory) if (m := pattern.match(p))]
+    return directory / f"{stem}_{max(used, default=0) + 1:05d}{suffix}"
+
+
+def _listdir(directory: Path) -> list[str]:
+    try:
+        return os.listdir(directory)
+    except FileNotFoundError:
+        return []
+
+
+def save_teacher_file(teacher: TeacherData, name: str) -> Path:
+    """Save teacher tensors + JSON info as output/ld3/<name>_<counter>.safetensors (atomically)."""
+    stem = name[: -len(".safetensors")] if name.lower().endswith(".safetensors") else name
+    path = next_numbered_path(Path(folder_paths.get_output_directory()) / TEACHER_SUBFOLDER, stem)
+    tensors = {
+        "noise": teacher.noise.contiguous(),
+        "targets": teacher.targets.contiguous(),
+        "prompt_index": teacher.prompt_index.contiguous(),
+        "is_validation": teacher.is_validation.contiguous(),
+    }
+    info = {"format": TEACHER_FORMAT, "format_version": TEACHER_FORMAT_VERSION, "versions": versions()}
+    info.update(teacher.info)
+    atomic_write(path, safetensors_save(tensors, metadata={"ld3_teacher": json.dumps(info)}))
+    return path
+
+
+def stack_images(images: list[torch.Tensor]) -> torch.Tensor:
+    """Stack IMAGE tensors [1, H, W, 3] vertically into one image, padding narrower ones with white."""
+    width = max(int(img.shape[2]) for img in images)
+    padded = [
+        torch.nn.functional.pad(img, (0, 0, 0, width - int(img.shape[2])), value=1.0)
+        if img.shape[2] < width
+        else img
+        for img in images
+    ]
+    return torch.cat(padded, dim=1)

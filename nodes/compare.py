@@ -1,0 +1,142 @@
+"""LD3 Compare Sigmas: held-out error of schedules against the teacher, as a table, a plot and text."""
+
+import torch
+from comfy_api.latest import io
+
+from ..ld3_core.api import builtin_schedules, check_teacher, heldout_errors
+from ..ld3_core.model_patch import learned_schedule
+from ..ld3_core.plot import line_plot, table_image
+from ..ld3_core.solvers import SUPPORTED_SAMPLERS
+from ._common import Teacher, TeacherBundle, stack_images
+
+SIGMAS_INPUTS = ("sigmas", "sigmas_2", "sigmas_3", "sigmas_4")
+REPORT_COLUMNS = ("schedule", "steps", "rmse_mean", "rmse_sd", "vs_best_builtin")
+
+
+class LD3CompareSigmas(io.ComfyNode):
+    """Sample the teacher's held-out noises with each schedule and report the distance to the teacher."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LD3CompareSigmas",
+            display_name="LD3 Compare Sigmas",
+            category="LD3",
+            description=(
+                "Compares schedules on the teacher's held-out (validation) samples: each schedule samples the "
+                "same start noises with the chosen sampler, and the RMSE of its result to the teacher's is "
+                "reported (mean ± sd, and the ratio to the best built-in scheduler at the same step count). "
+                "A SIGMAS input equal to the schedule the (LD3-patched) MODEL carries is run with its "
+                "learned decoupled times."
+            ),
+            inputs=[
+                io.Model.Input(
+                    "model", tooltip="The teacher's model; may be the MODEL output of LD3 Train/Load Sigmas."
+                ),
+                Teacher.Input(
+                    "teacher", tooltip="Teacher data from LD3 Generate Teacher (its held-out half)."
+                ),
+                io.Combo.Input(
+                    "sampler_name",
+                    options=list(SUPPORTED_SAMPLERS),
+                    default="dpmpp_2m",
+                    tooltip="The sampler every schedule is run with (the one the schedule was learned for).",
+                ),
+                io.Sigmas.Input("sigmas", tooltip="A schedule to evaluate (e.g. from LD3 Train Sigmas)."),
+                io.Sigmas.Input("sigmas_2", optional=True, tooltip="Another schedule to evaluate."),
+                io.Sigmas.Input("sigmas_3", optional=True, tooltip="Another schedule to evaluate."),
+                io.Sigmas.Input("sigmas_4", optional=True, tooltip="Another schedule to evaluate."),
+                io.Boolean.Input(
+                    "include_builtin",
+                    default=True,
+                    tooltip="Also evaluate every ComfyUI scheduler at the step count of 'sigmas'.",
+                ),
+            ],
+            outputs=[
+                io.Image.Output(display_name="image", tooltip="Result table and per-sample error plot."),
+                io.String.Output(display_name="report", tooltip="The result table as text."),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        model,
+        teacher: TeacherBundle,
+        sampler_name: str,
+        sigmas: torch.Tensor,
+        include_builtin: bool,
+        sigmas_2=None,
+        sigmas_3=None,
+        sigmas_4=None,
+    ) -> io.NodeOutput:
+        check_teacher(teacher.data, model)
+        carried = learned_schedule(model)
+        schedules = {}
+        for name, value in zip(SIGMAS_INPUTS, (sigmas, sigmas_2, sigmas_3, sigmas_4)):
+            if value is None:
+                continue
+            value = value.detach().float().cpu()
+            eval_sigmas = None
+            if carried is not None and _same(value, carried["step_sigmas"]):
+                eval_sigmas = carried["eval_sigmas"]
+                name = f"{name}(ld3)"
+            schedules[name] = (value, eval_sigmas)
+        steps = sigmas.numel() - 1
+        builtin_names = []
+        if include_builtin:
+            for name, value in builtin_schedules(model, steps, sampler_name).items():
+                schedules[name] = (value, None)
+                builtin_names.append(name)
+        errors = heldout_errors(model, teacher.data, teacher.conditionings, sampler_name, schedules)
+        rows = report_rows(errors, {k: v[0].numel() - 1 for k, v in schedules.items()}, builtin_names)
+        report = format_report(rows, sampler_name, len(teacher.data.validation_indices))
+        title = (
+            f"Held-out RMSE to the teacher ({sampler_name}, {len(teacher.data.validation_indices)} samples)"
+        )
+        table = table_image([list(REPORT_COLUMNS)] + rows, title)
+        series = {name: list(enumerate(errors[name].tolist())) for name in _sorted_names(errors)}
+        plot = line_plot(
+            series, title, "held-out sample", "RMSE", log_y=_all_positive(errors), width=table_width(table)
+        )
+        return io.NodeOutput(stack_images([table, plot]), report)
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and bool(torch.allclose(a, b.float(), rtol=1e-5, atol=0))
+
+
+def _sorted_names(errors: dict) -> list[str]:
+    return sorted(errors, key=lambda name: float(errors[name].mean()))
+
+
+def _all_positive(errors: dict) -> bool:
+    return all(bool((e > 0).all()) for e in errors.values())
+
+
+def table_width(table: torch.Tensor) -> int:
+    return max(640, int(table.shape[2]))
+
+
+def report_rows(errors: dict, steps: dict, builtin_names: list[str]) -> list[list[str]]:
+    """One row per schedule, best first: name, steps, mean, sd, ratio to the best built-in mean."""
+    means = {name: float(e.mean()) for name, e in errors.items()}
+    best_builtin = min((means[n] for n in builtin_names), default=None)
+    rows = []
+    for name in _sorted_names(errors):
+        e = errors[name]
+        sd = float(e.std()) if e.numel() > 1 else 0.0
+        ratio = f"{means[name] / best_builtin:.3f}" if best_builtin else "-"
+        rows.append([name, str(steps[name]), f"{means[name]:.5f}", f"{sd:.5f}", ratio])
+    return rows
+
+
+def format_report(rows: list[list[str]], sampler: str, samples: int) -> str:
+    """The rows as an aligned text table under a one-line title."""
+    table = [list(REPORT_COLUMNS)] + rows
+    widths = [max(len(row[c]) for row in table) for c in range(len(REPORT_COLUMNS))]
+    lines = [
+        f"LD3 held-out RMSE to the teacher ({sampler}, {samples} samples; vs_best_builtin < 1 is better)"
+    ]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
+    return "\n".join(lines)

@@ -1,0 +1,68 @@
+"""LD3 Demo Model: an exact Gaussian-mixture "diffusion model" that needs no download."""
+
+import torch
+from comfy_api.latest import io
+
+from ..ld3_core.mixture import make_mixture, mixture_conditioning, mixture_model_patcher
+
+DEMO_CHANNELS = 4
+
+
+class LD3DemoModel(io.ComfyNode):
+    """A MODEL whose denoiser is exact (a Gaussian mixture): try LD3 in a minute on a CPU."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LD3DemoModel",
+            display_name="LD3 Demo Model (exact Gaussian mixture)",
+            category="LD3",
+            description=(
+                "A zero-download demo model: the data distribution is a Gaussian mixture in a 4-channel "
+                "latent space, so the denoiser is exact and fast, and every sampler's error is real ODE "
+                "error. Outputs a MODEL (SD1.x-style eps or rectified-flow), conditioning it ignores, and an "
+                "empty LATENT of its shape, ready for LD3 Generate Teacher, KSampler or SamplerCustom."
+            ),
+            inputs=[
+                io.Combo.Input(
+                    "kind",
+                    options=["eps", "flow"],
+                    default="eps",
+                    tooltip="eps: SD1.x's discrete noise schedule with eps prediction. flow: rectified flow "
+                    "(as SD3/Flux).",
+                ),
+                io.Int.Input(
+                    "width", default=16, min=1, max=256, tooltip="Latent width of the mixture's samples."
+                ),
+                io.Int.Input(
+                    "height", default=16, min=1, max=256, tooltip="Latent height of the mixture's samples."
+                ),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=0xFFFFFFFFFFFFFFFF,
+                    tooltip="Seed of the mixture (its means, spreads and weights).",
+                ),
+            ],
+            outputs=[
+                io.Model.Output(
+                    display_name="model", tooltip="The exact mixture denoiser as a ComfyUI MODEL."
+                ),
+                io.Conditioning.Output(
+                    display_name="positive", tooltip="Conditioning (ignored by the model)."
+                ),
+                io.Conditioning.Output(
+                    display_name="negative", tooltip="Conditioning (ignored by the model)."
+                ),
+                io.Latent.Output(display_name="latent", tooltip="An empty latent of the mixture's shape."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, kind: str, width: int, height: int, seed: int) -> io.NodeOutput:
+        shape = (DEMO_CHANNELS, height, width)
+        mixture = make_mixture(shape, seed=seed)
+        positive, negative = mixture_conditioning()
+        latent = {"samples": torch.zeros((1, *shape))}
+        return io.NodeOutput(mixture_model_patcher(mixture, kind), positive, negative, latent)

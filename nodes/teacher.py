@@ -1,0 +1,150 @@
+"""LD3 Generate Teacher: teacher pairs (x_T, Psi*(x_T)) from the stock sampler with many steps (paper Sec. 3.1)."""
+
+import logging
+
+import comfy.sample
+import comfy.samplers
+from comfy_api.latest import io
+
+from ..ld3_core.comfy_adapter import Conditioning
+from ..ld3_core.schedule_file import validate_schedule_name
+from ..ld3_core.teacher import generate_teacher
+from ._common import NodeProgress, Teacher, TeacherBundle, save_teacher_file
+
+EXTRA_PROMPTS = ("positive_2", "positive_3", "positive_4")
+
+
+class LD3GenerateTeacher(io.ComfyNode):
+    """Sample the model with a strong solver at many steps: the targets LD3 learns to reach in few steps."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LD3GenerateTeacher",
+            display_name="LD3 Generate Teacher",
+            category="LD3",
+            description=(
+                "Generates the teacher data LD3 learns from: seeded start noises and where your model "
+                "takes them with a strong sampler at many steps (paper: ~50 samples). The few-step schedule "
+                "is then trained to land where the teacher does. Prompts are used round-robin; half the "
+                "samples are held out for validation. Also saved to output/ld3/<name>_<counter>.safetensors."
+            ),
+            inputs=[
+                io.Model.Input(
+                    "model", tooltip="The model to learn a schedule for (with any LoRAs/patches)."
+                ),
+                io.Conditioning.Input("positive", tooltip="Prompt conditioning for the teacher samples."),
+                io.Conditioning.Input("negative", tooltip="Negative conditioning, shared by every prompt."),
+                io.Latent.Input(
+                    "latent",
+                    tooltip="Shape template only (e.g. Empty Latent Image): the resolution you will sample at. "
+                    "Its values are ignored.",
+                ),
+                io.Int.Input(
+                    "sample_count",
+                    default=50,
+                    min=2,
+                    max=1000,
+                    tooltip="How many teacher samples; half train, half validate (paper: 50 train + 50 "
+                    "validation, Stable Diffusion 25 + 25).",
+                ),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=0xFFFFFFFFFFFFFFFF,
+                    tooltip="Start noise of sample i uses seed + i.",
+                ),
+                io.Float.Input(
+                    "cfg",
+                    default=7.0,
+                    min=0.0,
+                    max=100.0,
+                    step=0.1,
+                    round=0.01,
+                    tooltip="CFG scale, the one you will sample with: a schedule is learned for one CFG.",
+                ),
+                io.Combo.Input(
+                    "sampler_name",
+                    options=comfy.samplers.SAMPLER_NAMES,
+                    default="dpmpp_2m",
+                    tooltip="The teacher's sampler: a strong deterministic solver (not ancestral/SDE).",
+                ),
+                io.Combo.Input(
+                    "scheduler",
+                    options=comfy.samplers.SCHEDULER_NAMES,
+                    default="karras",
+                    tooltip="The teacher's scheduler.",
+                ),
+                io.Int.Input(
+                    "steps",
+                    default=20,
+                    min=2,
+                    max=200,
+                    tooltip="The teacher's step count; must exceed the student's (paper: 20 NFE, or 10 for "
+                    "text-to-image).",
+                ),
+                io.Int.Input(
+                    "batch_size",
+                    default=4,
+                    min=1,
+                    max=64,
+                    tooltip="Teacher samples per sampler call (memory vs speed); does not change results.",
+                ),
+                io.String.Input(
+                    "name",
+                    default="ld3_teacher",
+                    tooltip="File name of the saved teacher data (output/ld3/<name>_<counter>.safetensors).",
+                ),
+                io.Conditioning.Input(
+                    "positive_2", optional=True, tooltip="Another prompt (shares the negative)."
+                ),
+                io.Conditioning.Input(
+                    "positive_3", optional=True, tooltip="Another prompt (shares the negative)."
+                ),
+                io.Conditioning.Input(
+                    "positive_4", optional=True, tooltip="Another prompt (shares the negative)."
+                ),
+            ],
+            outputs=[Teacher.Output(display_name="teacher", tooltip="Teacher data for LD3 Train Sigmas.")],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        model,
+        positive,
+        negative,
+        latent,
+        sample_count: int,
+        seed: int,
+        cfg: float,
+        sampler_name: str,
+        scheduler: str,
+        steps: int,
+        batch_size: int,
+        name: str,
+        positive_2=None,
+        positive_3=None,
+        positive_4=None,
+    ) -> io.NodeOutput:
+        validate_schedule_name(name, "name")
+        prompts = [positive] + [p for p in (positive_2, positive_3, positive_4) if p is not None]
+        conditionings = tuple(Conditioning(p, negative, cfg) for p in prompts)
+        # As KSampler does: an empty 4-channel latent becomes the model's own channel count / rank.
+        latent_shape = tuple(comfy.sample.fix_empty_latent_channels(model, latent["samples"]).shape[1:])
+        data = generate_teacher(
+            model,
+            conditionings,
+            latent_shape,
+            sample_count,
+            seed,
+            sampler=sampler_name,
+            scheduler=scheduler,
+            steps=steps,
+            batch_size=batch_size,
+            progress=NodeProgress(sample_count),
+        )
+        path = save_teacher_file(data, name)
+        logging.info("LD3: teacher data (%d samples) saved to %s", sample_count, path)
+        return io.NodeOutput(TeacherBundle(data, conditionings))
