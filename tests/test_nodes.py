@@ -1,0 +1,568 @@
+"""The LD3 nodes through ComfyUI's real server and executor, on the exact Gaussian-mixture demo model.
+
+Graphs are API-format prompts POSTed to a real ComfyUI (the session ``comfy_server`` fixture); schedule
+files go to the user's ComfyUI/models/ld3 under unique names and are removed afterwards.
+"""
+
+import importlib
+import importlib.util
+import json
+import re
+import time
+import urllib.request
+import uuid
+
+import pytest
+import torch
+from conftest import COMFYUI_DIR, PACK_DIR_NAME, PACK_ROOT, log_tail
+
+SCHEDULE_DIR = COMFYUI_DIR / "models" / "ld3"
+SAMPLER = "dpmpp_2m"
+STEPS = 3
+
+
+def _node_module(name: str):
+    return importlib.import_module(f"{PACK_DIR_NAME}.nodes.{name}")
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+
+def queue(server, graph: dict, timeout: float = 120.0) -> tuple[str, dict]:
+    """Queue a graph and wait for its /history entry, whatever its outcome."""
+    prompt_id = server.post_json("/prompt", {"prompt": graph})["prompt_id"]
+    return prompt_id, wait_history(server, prompt_id, timeout)
+
+
+def wait_history(server, prompt_id: str, timeout: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        entry = server.get_json(f"/history/{prompt_id}").get(prompt_id)
+        if entry and entry.get("status", {}).get("completed") is not None:
+            return entry
+        time.sleep(0.1)
+    raise AssertionError(f"prompt {prompt_id} did not finish in {timeout} s:\n{log_tail(server.log_path)}")
+
+
+def interrupt(server) -> None:
+    """POST /interrupt (it answers with an empty body)."""
+    request = urllib.request.Request(server.base_url + "/interrupt", data=b"{}", method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200
+
+
+def messages(entry: dict, kind: str) -> list[dict]:
+    return [data for name, data in entry["status"].get("messages", []) if name == kind]
+
+
+def error_of(entry: dict) -> dict:
+    assert entry["status"]["status_str"] == "error", json.dumps(entry["status"], indent=1)
+    errors = messages(entry, "execution_error")
+    assert errors, json.dumps(entry["status"], indent=1)
+    return errors[0]
+
+
+def tensor_values(text: str) -> list[float]:
+    """The numbers of a PreviewAny'd tensor ("tensor([1.0, 2.0])")."""
+    return [float(v) for v in re.findall(r"-?\d+\.?\d*(?:e[-+]?\d+)?", text.split("tensor(", 1)[1])]
+
+
+def demo_nodes(kind: str = "eps", seed: int = 0, size: int = 8) -> dict:
+    return {
+        "demo": {
+            "class_type": "LD3DemoModel",
+            "inputs": {"kind": kind, "width": size, "height": size, "seed": seed},
+        }
+    }
+
+
+def teacher_node(
+    samples: int = 4, steps: int = 8, model=("demo", 0), name: str = "test_nodes_teacher"
+) -> dict:
+    return {
+        "class_type": "LD3GenerateTeacher",
+        "inputs": {
+            "model": list(model),
+            "positive": ["demo", 1],
+            "negative": ["demo", 2],
+            "latent": ["demo", 3],
+            "sample_count": samples,
+            "seed": 0,
+            "cfg": 1.0,
+            "sampler_name": SAMPLER,
+            "scheduler": "karras",
+            "steps": steps,
+            "batch_size": 4,
+            "name": name,
+        },
+    }
+
+
+def train_node(schedule_name: str, steps: int = STEPS, epochs=(1, 1), model=("demo", 0)) -> dict:
+    return {
+        "class_type": "LD3TrainSigmas",
+        "inputs": {
+            "model": list(model),
+            "teacher": ["teacher", 0],
+            "sampler_name": SAMPLER,
+            "steps": steps,
+            "loss": "l2",
+            "soft_gamma": 0.001,
+            "decoupled_times": True,
+            "epochs_phase1": epochs[0],
+            "epochs_phase2": epochs[1],
+            "lr_steps": 0.01,
+            "batch_size": 1,
+            "seed": 0,
+            "schedule_name": schedule_name,
+        },
+    }
+
+
+@pytest.fixture
+def schedule_names():
+    """Unique schedule names for a test; their files in models/ld3 are deleted afterwards."""
+    names = []
+
+    def make(label: str) -> str:
+        names.append(f"test_nodes_{uuid.uuid4().hex[:8]}_{label}")
+        return names[-1]
+
+    yield make
+    for name in names:
+        (SCHEDULE_DIR / f"{name}.safetensors").unlink(missing_ok=True)
+    for leftover in SCHEDULE_DIR.glob(".test_nodes_*.tmp"):
+        leftover.unlink()
+
+
+# -- end to end -------------------------------------------------------------------------------------
+
+
+@pytest.mark.server
+def test_pipeline_trains_saves_compares_and_samples(comfy_server, schedule_names):
+    """Demo model -> teacher -> train -> compare; the sigmas and the patched MODEL drive stock samplers."""
+    from ld3_core.schedule_file import load_schedule
+
+    name = schedule_names("pipeline")
+    graph = demo_nodes()
+    graph["teacher"] = teacher_node()
+    graph["train"] = train_node(name)
+    graph["compare"] = {
+        "class_type": "LD3CompareSigmas",
+        "inputs": {
+            "model": ["train", 1],
+            "teacher": ["teacher", 0],
+            "sampler_name": SAMPLER,
+            "sigmas": ["train", 0],
+            "include_builtin": True,
+        },
+    }
+    graph["report"] = {"class_type": "PreviewAny", "inputs": {"source": ["compare", 1]}}
+    graph["save_plot"] = {
+        "class_type": "SaveImage",
+        "inputs": {"images": ["train", 2], "filename_prefix": f"test_nodes/{name}_train"},
+    }
+    graph["save_compare"] = {
+        "class_type": "SaveImage",
+        "inputs": {"images": ["compare", 0], "filename_prefix": f"test_nodes/{name}_compare"},
+    }
+    graph["show_sigmas"] = {"class_type": "PreviewAny", "inputs": {"source": ["train", 0]}}
+    # The learned SIGMAS with the patched MODEL in SamplerCustom, and KSampler's 'ld3' scheduler: same result.
+    graph["select"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": SAMPLER}}
+    graph["custom"] = {
+        "class_type": "SamplerCustom",
+        "inputs": {
+            "model": ["train", 1],
+            "add_noise": True,
+            "noise_seed": 7,
+            "cfg": 1.0,
+            "positive": ["demo", 1],
+            "negative": ["demo", 2],
+            "sampler": ["select", 0],
+            "sigmas": ["train", 0],
+            "latent_image": ["demo", 3],
+        },
+    }
+    graph["ksampler"] = {
+        "class_type": "KSampler",
+        "inputs": {
+            "model": ["train", 1],
+            "seed": 7,
+            "steps": STEPS,
+            "cfg": 1.0,
+            "sampler_name": SAMPLER,
+            "scheduler": "ld3",
+            "positive": ["demo", 1],
+            "negative": ["demo", 2],
+            "latent_image": ["demo", 3],
+            "denoise": 1.0,
+        },
+    }
+    graph["show_custom"] = {"class_type": "PreviewAny", "inputs": {"source": ["custom", 0]}}
+    graph["show_ksampler"] = {"class_type": "PreviewAny", "inputs": {"source": ["ksampler", 0]}}
+    entry = comfy_server.run_prompt(graph)
+    outputs = entry["outputs"]
+
+    record = load_schedule(SCHEDULE_DIR / f"{name}.safetensors")
+    assert record.steps == STEPS and record.sampler == SAMPLER and record.loss == "l2"
+    assert record.train["status"] == "completed" and record.train["epochs_done"] == 2
+    assert record.latent_shape == (4, 8, 8) and record.cfg == 1.0
+    assert record.versions["comfyui_version"] == "0.3.75" and record.model["fingerprint"]
+    shown = tensor_values(outputs["show_sigmas"]["text"][0])
+    assert shown == pytest.approx(record.step_sigmas.tolist(), rel=1e-3, abs=1e-4)
+
+    custom, ksampler = outputs["show_custom"]["text"][0], outputs["show_ksampler"]["text"][0]
+    assert "samples" in custom and "nan" not in custom
+    assert tensor_values(custom) == pytest.approx(tensor_values(ksampler), abs=1e-4)
+
+    report = outputs["report"]["text"][0]
+    rows = _demo_script().parse_report(report)
+    names = [row["schedule"] for row in rows]
+    assert "sigmas(ld3)" in names and "karras" in names, report
+    learned = rows[names.index("sigmas(ld3)")]
+    assert float(learned["rmse_mean"]) >= 0 and learned["steps"] == str(STEPS)
+
+    teacher_files = sorted((comfy_server.output_dir / "ld3").glob("test_nodes_teacher_*.safetensors"))
+    assert teacher_files, "the teacher data was not saved"
+    from safetensors import safe_open
+
+    with safe_open(str(teacher_files[-1]), "pt") as handle:
+        assert set(handle.keys()) == {"noise", "targets", "prompt_index", "is_validation"}
+        assert handle.get_tensor("targets").shape == (4, 4, 8, 8)
+        info = json.loads(handle.metadata()["ld3_teacher"])
+    assert info["format"] == "ld3-teacher" and info["steps"] == 8 and info["latent_shape"] == [4, 8, 8]
+
+    for key in ("save_plot", "save_compare"):
+        images = outputs[key]["images"]
+        assert len(images) == 1
+        assert (
+            comfy_server.output_dir / images[0]["subfolder"] / images[0]["filename"]
+        ).stat().st_size > 1000
+
+
+@pytest.mark.server
+def test_flow_model_trains(comfy_server, schedule_names):
+    """The rectified-flow demo model (continuous time) goes through teacher and training too."""
+    from ld3_core.schedule_file import load_schedule
+
+    name = schedule_names("flow")
+    graph = demo_nodes(kind="flow")
+    graph["teacher"] = teacher_node(name="test_nodes_flow_teacher")
+    graph["train"] = train_node(name)
+    graph["show"] = {"class_type": "PreviewAny", "inputs": {"source": ["train", 0]}}
+    comfy_server.run_prompt(graph)
+    record = load_schedule(SCHEDULE_DIR / f"{name}.safetensors")
+    assert record.model["model_sampling_class"] != "ModelSamplingDiscrete"
+    assert float(record.step_sigmas[0]) <= 1.0 + 1e-6
+
+
+@pytest.mark.server
+def test_load_sigmas_checks_sampler_model_and_steps(comfy_server, schedule_names):
+    name = schedule_names("load")
+    graph = demo_nodes()
+    graph["teacher"] = teacher_node()
+    graph["train"] = train_node(name, epochs=(1, 0))
+    graph["show"] = {"class_type": "PreviewAny", "inputs": {"source": ["train", 0]}}
+    comfy_server.run_prompt(graph)
+    file = f"{name}.safetensors"
+
+    def load_graph(model_seed=0, **inputs):
+        g = demo_nodes(seed=model_seed)
+        g["load"] = {
+            "class_type": "LD3LoadSigmas",
+            "inputs": {"model": ["demo", 0], "schedule_file": file, **inputs},
+        }
+        g["show"] = {"class_type": "PreviewAny", "inputs": {"source": ["load", 0]}}
+        g["select"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": SAMPLER}}
+        g["ksampler"] = {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["load", 1],
+                "seed": 1,
+                "steps": STEPS,
+                "cfg": 1.0,
+                "sampler_name": SAMPLER,
+                "scheduler": "ld3",
+                "positive": ["demo", 1],
+                "negative": ["demo", 2],
+                "latent_image": ["demo", 3],
+                "denoise": 1.0,
+            },
+        }
+        g["show_latent"] = {"class_type": "PreviewAny", "inputs": {"source": ["ksampler", 0]}}
+        return g
+
+    # As trained: same values as the file, and KSampler's 'ld3' scheduler runs on the loaded MODEL.
+    from ld3_core.schedule_file import load_schedule
+
+    record = load_schedule(SCHEDULE_DIR / file)
+    outputs = comfy_server.run_prompt(load_graph(sampler_name=SAMPLER, steps=0))["outputs"]
+    assert tensor_values(outputs["show"]["text"][0]) == pytest.approx(record.step_sigmas.tolist(), rel=1e-3)
+
+    # Another step count: resampled log-linearly, with a warning.
+    outputs = comfy_server.run_prompt(load_graph(steps=5))["outputs"]
+    values = tensor_values(outputs["show"]["text"][0])
+    assert len(values) == 6 and values[-1] == 0
+    assert values[0] == pytest.approx(float(record.step_sigmas[0]), rel=1e-3)
+    assert re.search(
+        rf"LD3: '{file}' was learned for {STEPS} steps .* resampling it log-linearly to 5", comfy_server.log()
+    )
+
+    # Another model: a warning naming both, and it goes on.
+    comfy_server.run_prompt(load_graph(model_seed=1))
+    assert re.search(rf"LD3: '{file}' was trained for model .* but the MODEL input is", comfy_server.log())
+
+    # Another sampler: refused, naming both.
+    _, entry = queue(comfy_server, load_graph(sampler_name="euler"))
+    error = error_of(entry)
+    assert error["node_id"] == "load"
+    assert "sampler_name" in error["exception_message"] and SAMPLER in error["exception_message"]
+    assert "euler" in error["exception_message"]
+
+
+@pytest.mark.server
+def test_ksampler_ld3_scheduler_needs_a_patched_model(comfy_server):
+    graph = demo_nodes()
+    graph["ksampler"] = {
+        "class_type": "KSampler",
+        "inputs": {
+            "model": ["demo", 0],
+            "seed": 0,
+            "steps": STEPS,
+            "cfg": 1.0,
+            "sampler_name": SAMPLER,
+            "scheduler": "ld3",
+            "positive": ["demo", 1],
+            "negative": ["demo", 2],
+            "latent_image": ["demo", 3],
+            "denoise": 1.0,
+        },
+    }
+    graph["show"] = {"class_type": "PreviewAny", "inputs": {"source": ["ksampler", 0]}}
+    _, entry = queue(comfy_server, graph)
+    message = error_of(entry)["exception_message"]
+    assert "'ld3' needs a MODEL that carries a learned LD3 schedule" in message
+    assert "LD3 Train Sigmas" in message
+
+
+@pytest.mark.server
+def test_train_refuses_bad_inputs_with_named_errors(comfy_server, schedule_names):
+    name = schedule_names("refused")
+
+    def run(**changes):
+        graph = demo_nodes()
+        graph["other"] = {
+            "class_type": "LD3DemoModel",
+            "inputs": {"kind": "eps", "width": 8, "height": 8, "seed": 1},
+        }
+        graph["teacher"] = teacher_node(steps=4)
+        graph["train"] = train_node(changes.pop("schedule_name", name))
+        graph["train"]["inputs"].update(changes)
+        graph["show"] = {"class_type": "PreviewAny", "inputs": {"source": ["train", 0]}}
+        _, entry = queue(comfy_server, graph)
+        error = error_of(entry)
+        assert error["node_id"] == "train"
+        return error["exception_message"]
+
+    message = run(steps=4)
+    assert message.startswith("steps:") and "4 steps" in message  # student 4 vs teacher 4
+    message = run(model=["other", 0])
+    assert message.startswith("teacher:") and "the MODEL input is" in message
+    assert run(schedule_name="../escape").startswith("schedule_name:")
+    assert run(loss="lpips").startswith("vae:")
+    assert not list(SCHEDULE_DIR.glob(f"{name}*")), "a refused training wrote a file"
+
+
+@pytest.mark.server
+def test_interrupt_keeps_a_valid_best_so_far_schedule(comfy_server, schedule_names):
+    """Cancel mid-training: the schedule file on disk is complete, marked interrupted, and loads."""
+    from ld3_core.schedule_file import load_schedule
+
+    name = schedule_names("interrupt")
+    path = SCHEDULE_DIR / f"{name}.safetensors"
+    graph = demo_nodes()
+    graph["teacher"] = teacher_node(samples=4)
+    graph["train"] = train_node(name, epochs=(100, 100))
+    graph["show"] = {"class_type": "PreviewAny", "inputs": {"source": ["train", 0]}}
+    prompt_id = comfy_server.post_json("/prompt", {"prompt": graph})["prompt_id"]
+    deadline = time.monotonic() + 60
+    while not path.exists():  # the first best (the initial schedule) is saved before training starts
+        assert time.monotonic() < deadline, f"no schedule file appeared:\n{log_tail(comfy_server.log_path)}"
+        time.sleep(0.05)
+    time.sleep(0.3)
+    interrupt(comfy_server)
+    entry = wait_history(comfy_server, prompt_id)
+    assert entry["status"]["status_str"] == "error"
+    interrupted = messages(entry, "execution_interrupted")
+    assert interrupted and interrupted[0]["node_id"] == "train", json.dumps(entry["status"], indent=1)
+
+    record = load_schedule(path)
+    assert record.train["status"] == "interrupted"
+    assert record.train["epochs_done"] < 200
+    assert not list(SCHEDULE_DIR.glob(f".{name}*")), "a temporary file was left behind"
+
+    load = demo_nodes()
+    load["load"] = {
+        "class_type": "LD3LoadSigmas",
+        "inputs": {"model": ["demo", 0], "schedule_file": path.name, "sampler_name": SAMPLER, "steps": 0},
+    }
+    load["show"] = {"class_type": "PreviewAny", "inputs": {"source": ["load", 0]}}
+    shown = tensor_values(comfy_server.run_prompt(load)["outputs"]["show"]["text"][0])
+    assert shown == pytest.approx(record.step_sigmas.tolist(), rel=1e-3, abs=1e-4)
+
+
+# -- the node-independent glue ----------------------------------------------------------------------
+
+
+def _demo_script():
+    spec = importlib.util.spec_from_file_location("ld3_demo_script", PACK_ROOT / "scripts" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_register_pack_is_idempotent(ld3_pack):
+    import comfy.samplers
+    import folder_paths
+
+    common = _node_module("_common")
+    common.register_pack()
+    common.register_pack()
+    assert comfy.samplers.SCHEDULER_NAMES.count("ld3") == 1
+    for folder in ("ld3", "lpips"):
+        paths, extensions = folder_paths.folder_names_and_paths[folder]
+        assert len(paths) == len(set(paths)) and extensions == {".safetensors"}
+
+
+def test_atomic_write_and_numbered_paths(ld3_pack, tmp_path):
+    common = _node_module("_common")
+    assert common.next_numbered_path(tmp_path / "none", "t") == tmp_path / "none" / "t_00001.safetensors"
+    for n in (1, 7):
+        (tmp_path / f"t_{n:05d}.safetensors").write_bytes(b"x")
+    (tmp_path / "t_x_00009.safetensors").write_bytes(b"x")  # another stem
+    assert common.next_numbered_path(tmp_path, "t").name == "t_00008.safetensors"
+
+    target = tmp_path / "sub" / "f.bin"
+    common.atomic_write(target, b"first")
+    common.atomic_write(target, b"second")
+    assert target.read_bytes() == b"second"
+
+    with pytest.raises(TypeError):
+        common.atomic_write(target, object())  # the write fails: the old file stays, no temp file
+    assert target.read_bytes() == b"second"
+    assert [p.name for p in target.parent.iterdir()] == ["f.bin"]
+
+
+def test_stack_images_pads_to_the_widest(ld3_pack):
+    common = _node_module("_common")
+    a, b = torch.zeros(1, 10, 20, 3), torch.zeros(1, 5, 30, 3)
+    out = common.stack_images([a, b])
+    assert out.shape == (1, 15, 30, 3)
+    assert float(out[0, :10, 20:].min()) == 1.0 and float(out[0, 10:].max()) == 0.0
+
+
+def test_report_rows_and_text_round_trip(ld3_pack):
+    compare = _node_module("compare")
+    errors = {
+        "karras": torch.tensor([0.2, 0.4]),
+        "sigmas(ld3)": torch.tensor([0.1, 0.1]),
+        "simple": torch.tensor([0.5]),
+    }
+    rows = compare.report_rows(errors, {"karras": 4, "sigmas(ld3)": 4, "simple": 4}, ["karras", "simple"])
+    assert [r[0] for r in rows] == ["sigmas(ld3)", "karras", "simple"]
+    assert rows[0][4] == "0.333" and rows[1][4] == "1.000" and rows[2][3] == "0.00000"
+    text = compare.format_report(rows, SAMPLER, 2)
+    parsed = _demo_script().parse_report(text)
+    assert parsed[0] == {
+        "schedule": "sigmas(ld3)",
+        "steps": "4",
+        "rmse_mean": "0.10000",
+        "rmse_sd": "0.00000",
+        "vs_best_builtin": "0.333",
+    }
+    assert "3.00x lower" in _demo_script().summary_line(4, parsed)
+
+
+def test_demo_graph_uses_the_published_node_inputs(ld3_node_classes):
+    """scripts/demo.py's graph names only inputs the nodes define (saved workflows rely on them)."""
+    schemas = {cls.GET_SCHEMA().node_id: cls.GET_SCHEMA() for cls in ld3_node_classes}
+    for node in _demo_script().demo_graph().values():
+        schema = schemas.get(node["class_type"])
+        if schema is None:
+            continue
+        names = {i.id for i in schema.inputs}
+        assert set(node["inputs"]) <= names, (node["class_type"], set(node["inputs"]) - names)
+
+
+def test_published_node_ids_and_inputs(ld3_node_classes):
+    """Node ids and input names are the API of saved workflows: they must not change."""
+    expected = {
+        "LD3GenerateTeacher": [
+            "model",
+            "positive",
+            "negative",
+            "latent",
+            "sample_count",
+            "seed",
+            "cfg",
+            "sampler_name",
+            "scheduler",
+            "steps",
+            "batch_size",
+            "name",
+            "positive_2",
+            "positive_3",
+            "positive_4",
+        ],
+        "LD3TrainSigmas": [
+            "model",
+            "teacher",
+            "sampler_name",
+            "steps",
+            "loss",
+            "soft_gamma",
+            "decoupled_times",
+            "epochs_phase1",
+            "epochs_phase2",
+            "lr_steps",
+            "batch_size",
+            "seed",
+            "schedule_name",
+            "vae",
+        ],
+        "LD3LoadSigmas": ["model", "schedule_file", "sampler_name", "steps"],
+        "LD3CompareSigmas": [
+            "model",
+            "teacher",
+            "sampler_name",
+            "sigmas",
+            "sigmas_2",
+            "sigmas_3",
+            "sigmas_4",
+            "include_builtin",
+        ],
+        "LD3DemoModel": ["kind", "width", "height", "seed"],
+        "LD3LogLinearResample": ["sigmas", "steps"],
+    }
+    schemas = {cls.GET_SCHEMA().node_id: cls.GET_SCHEMA() for cls in ld3_node_classes}
+    assert set(schemas) == set(expected)
+    for node_id, inputs in expected.items():
+        assert [i.id for i in schemas[node_id].inputs] == inputs, node_id
+    outputs = {node_id: [o.io_type for o in s.outputs] for node_id, s in schemas.items()}
+    assert outputs["LD3GenerateTeacher"] == ["LD3_TEACHER"]
+    assert outputs["LD3TrainSigmas"] == ["SIGMAS", "MODEL", "IMAGE"]
+    assert outputs["LD3LoadSigmas"] == ["SIGMAS", "MODEL"]
+    assert outputs["LD3CompareSigmas"] == ["IMAGE", "STRING"]
+    assert outputs["LD3DemoModel"] == ["MODEL", "CONDITIONING", "CONDITIONING", "LATENT"]
+    optional = {i.id for s in schemas.values() for i in s.inputs if i.optional}
+    assert optional == {
+        "positive_2",
+        "positive_3",
+        "positive_4",
+        "vae",
+        "sampler_name",
+        "steps",
+        "sigmas_2",
+        "sigmas_3",
+        "sigmas_4",
+    }
