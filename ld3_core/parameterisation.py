@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 RHO = 7.0
+SIGMA_FLOOR = 1e-20  # interior sigmas stay >= sigma_max * SIGMA_FLOOR (never exactly 0)
 
 
 def sigmas_from_logits(step_logits: torch.Tensor, sigma_max: float, rho: float = RHO) -> torch.Tensor:
@@ -20,7 +21,10 @@ def sigmas_from_logits(step_logits: torch.Tensor, sigma_max: float, rho: float =
     remaining = fractions.flip(0).cumsum(0).flip(0)  # remaining[i] = sum_{n >= i} fractions[n]
     u_max = float(sigma_max) ** (1.0 / rho)
     # remaining[1] can round above 1 when softmax(xi)[0] underflows; clamp so sigma_1 <= sigma_max.
-    interior = ((u_max * remaining[1:]).clamp_min(0) ** rho).clamp_max(float(sigma_max))
+    # The floor keeps interior sigmas positive (sigma^7 underflows to 0 for extreme logits, and the
+    # samplers divide by sigma); it lies far below any schedule of up to 100 uniform rho-steps.
+    floor = float(sigma_max) * SIGMA_FLOOR
+    interior = ((u_max * remaining[1:]) ** rho).clamp(min=floor, max=float(sigma_max))
     first = step_logits.new_full((1,), float(sigma_max))
     last = step_logits.new_zeros(1)
     return torch.cat([first, interior, last])

@@ -223,10 +223,10 @@ def train_schedule(
                 opt_noise.step()
                 with torch.no_grad():
                     noise_prime[batch] = project_to_ball(noise_prime[batch], noise[batch], radius)
-            result.train_curve.append(float(batch_loss))
+            result.train_curve.append(batch_loss.item())
             iteration += 1
             if on_progress is not None:
-                on_progress(Progress(iteration, total, epoch, float(batch_loss), None))
+                on_progress(Progress(iteration, total, epoch, result.train_curve[-1], None))
 
         # Validation once per epoch; in the soft loss, validation samples move their own x'_T too.
         step_sigmas, eval_sigmas = schedule(phase2)
