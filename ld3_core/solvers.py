@@ -48,7 +48,8 @@ PAPER_SAMPLERS: tuple[str, ...] = ("uni_pc", "dpmpp_2m", "ipndm", "euler")
 
 
 class _StripNoGradAndDetach(ast.NodeTransformer):
-    """Remove ``@torch.no_grad()`` decorators and turn ``x.detach()`` into ``x``."""
+    """Remove ``@torch.no_grad()`` decorators, turn ``x.detach()`` into ``x`` and
+    ``torch.tensor(name, ...)`` into ``_ld3_tensor(name, ...)`` (see ``_tensor_keeping_graph``)."""
 
     @staticmethod
     def _is_no_grad(node: ast.expr) -> bool:
@@ -65,7 +66,34 @@ class _StripNoGradAndDetach(ast.NodeTransformer):
         func = node.func
         if isinstance(func, ast.Attribute) and func.attr == "detach" and not node.args and not node.keywords:
             return func.value
+        if (
+            isinstance(func, ast.Attribute)
+            and func.attr == "tensor"
+            and isinstance(func.value, ast.Name)
+            and func.value.id == "torch"
+            and node.args
+            and isinstance(node.args[0], ast.Name)
+        ):
+            return ast.Call(ast.Name("_ld3_tensor", ast.Load()), node.args, node.keywords)
         return node
+
+
+def _tensor_keeping_graph(data, **kwargs):
+    """``torch.tensor(data)`` that keeps the graph of tensor elements (same values).
+
+    UniPC builds its step coefficients (``rks``, ``b``) as Python lists of 0-d tensors and calls
+    ``torch.tensor`` on them, which copies the values and drops their dependence on the sigmas.
+    """
+    if isinstance(data, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in data):
+        tensors = [v for v in data if isinstance(v, torch.Tensor)]
+        dtype = kwargs.get("dtype") or tensors[0].dtype
+        for v in tensors[1:]:
+            dtype = torch.promote_types(dtype, v.dtype)
+        if not dtype.is_floating_point and "dtype" not in kwargs:
+            return torch.tensor(data, **kwargs)
+        device = kwargs.get("device", tensors[0].device)
+        return torch.stack([torch.as_tensor(v, dtype=dtype).to(device).reshape(()) for v in data])
+    return torch.tensor(data, **kwargs)
 
 
 @cache
@@ -76,7 +104,10 @@ def grad_twin(module_name: str) -> types.ModuleType:
     ast.fix_missing_locations(tree)
     twin = types.ModuleType(f"{module_name}.__ld3_grad__")
     twin.__dict__.update(
-        __file__=original.__file__, __package__=original.__package__, __builtins__=__builtins__
+        __file__=original.__file__,
+        __package__=original.__package__,
+        __builtins__=__builtins__,
+        _ld3_tensor=_tensor_keeping_graph,
     )
     exec(compile(tree, original.__file__, "exec"), twin.__dict__)
     if module_name == "comfy.k_diffusion.sampling":
@@ -91,30 +122,37 @@ class _DeisCoefficients(torch.autograd.Function):
     def forward(ctx, sigmas, fn, max_order, deis_mode):
         with torch.no_grad():
             coeffs = _flatten(fn(sigmas.detach(), max_order, deis_mode=deis_mode))
-            base = sigmas.detach().to(torch.float64)
-            # Relative steps: sigmas span four decades; the trailing zero gets an absolute step.
-            steps = torch.where(base > 0, base * 1e-4, torch.full_like(base, 1e-7))
-            cols = []
-            previous = torch.get_default_dtype()
-            torch.set_default_dtype(torch.float64)  # the integration grid is built in the default dtype
-            try:
+        # The Jacobian costs 2 (N+1) more integrations: computed in backward, only when one runs.
+        ctx.save_for_backward(sigmas.detach())
+        ctx.fn, ctx.max_order, ctx.deis_mode = fn, max_order, deis_mode
+        return coeffs.to(sigmas.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_coeffs):
+        (sigmas,) = ctx.saved_tensors
+        fn, max_order, deis_mode = ctx.fn, ctx.max_order, ctx.deis_mode
+        base = sigmas.to(torch.float64)
+        # Relative steps: sigmas span four decades; the trailing zero gets an absolute step.
+        steps = torch.where(base > 0, base * 1e-4, torch.full_like(base, 1e-7))
+        cols = []
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)  # the integration grid is built in the default dtype
+        try:
+            with torch.no_grad():
                 for k in range(base.numel()):
                     bump = torch.zeros_like(base)
                     bump[k] = steps[k]
                     plus = _flatten(fn(base + bump, max_order, deis_mode=deis_mode))
                     minus = _flatten(fn(base - bump, max_order, deis_mode=deis_mode))
                     cols.append((plus - minus) / (2 * steps[k]))
-            finally:
-                torch.set_default_dtype(previous)
-        ctx.save_for_backward(torch.stack(cols, dim=1) if cols else torch.zeros(0, 0))
-        ctx.sigma_dtype = sigmas.dtype
-        return coeffs.to(sigmas.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_coeffs):
-        (jacobian,) = ctx.saved_tensors
-        grad = grad_coeffs.to(jacobian) @ jacobian
-        return grad.to(ctx.sigma_dtype), None, None, None
+        finally:
+            torch.set_default_dtype(previous)
+        jacobian = torch.stack(cols, dim=1)
+        # Only coefficients the sampler used: the last step's are +-inf when the schedule ends at 0
+        # (ComfyUI computes them, then takes an Euler step), and 0 * inf would make every gradient NaN.
+        used = grad_coeffs != 0
+        grad = grad_coeffs[used].to(jacobian) @ jacobian[used]
+        return grad.to(sigmas.dtype), None, None, None
 
 
 def _flatten(coeff_list) -> torch.Tensor:
