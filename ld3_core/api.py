@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 
 from . import model_patch
-from .comfy_adapter import Conditioning, DifferentiableSampler, sample_stock
+from .comfy_adapter import Conditioning, DifferentiableSampler, out_of_memory_guard, sample_stock
 from .errors import LD3InputError
 from .identity import model_identity
 from .solvers import check_sampler
@@ -77,18 +77,24 @@ def learn_schedule(
         return student(noise, conditionings[prompt], step_sigmas, eval_sigmas)
 
     candidates = builtin_schedules(model_patcher, config.steps, sampler)
-    return train_schedule(
-        config,
-        run_student,
-        loss,
-        teacher.noise,
-        teacher.targets,
-        teacher.prompt_index,
-        teacher.is_validation,
-        candidates,
-        on_progress=on_progress,
-        on_best=on_best,
-    )
+    # ComfyUI runs every prompt under inference mode: training needs autograd back.
+    with (
+        out_of_memory_guard(f"training the {sampler} schedule"),
+        torch.inference_mode(False),
+        torch.enable_grad(),
+    ):
+        return train_schedule(
+            config,
+            run_student,
+            loss,
+            teacher.noise,
+            teacher.targets,
+            teacher.prompt_index,
+            teacher.is_validation,
+            candidates,
+            on_progress=on_progress,
+            on_best=on_best,
+        )
 
 
 def sample_with_schedule(

@@ -14,13 +14,39 @@ Here, and only here, we:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.utils.checkpoint
 
 from . import model_patch, solvers
+
+
+class LD3OutOfMemoryError(RuntimeError):
+    """The device ran out of memory; the models were unloaded so the next prompt starts clean."""
+
+
+@contextmanager
+def out_of_memory_guard(what: str) -> Iterator[None]:
+    """Turn an out-of-memory error into advice, after unloading every model and emptying the cache."""
+    import comfy.model_management as mm
+
+    try:
+        yield
+    except mm.OOM_EXCEPTION:
+        pass  # leave the except block first, so the traceback's frames (and their tensors) can be freed
+    else:
+        return
+    mm.unload_all_models()
+    mm.soft_empty_cache(True)
+    raise LD3OutOfMemoryError(
+        f"Out of GPU memory while {what}. The models were unloaded, so the next prompt starts clean. "
+        "Use fewer samples per iteration (batch_size), a smaller latent (width/height or frames), "
+        "fewer steps, or lower precision model weights (fp16/fp8)."
+    )
 
 
 def release_inference_tensors(module: torch.nn.Module) -> int:
@@ -131,7 +157,12 @@ class DifferentiableSampler:
             knots = (step_sigmas[: eval_sigmas.numel()], eval_sigmas)
         self.model_sampling.ld3_knots = knots
         try:
-            with torch.inference_mode(False), torch.enable_grad():
+            # Grad mode is the caller's: the trainer evaluates candidates and validation under no_grad.
+            with torch.inference_mode(False), warnings.catch_warnings():
+                # KSAMPLER reads float(sigmas[0]); sigma_max is a constant of ours, so that is harmless.
+                warnings.filterwarnings(
+                    "ignore", message="Converting a tensor with requires_grad=True to a scalar"
+                )
                 guider = _guider(self.model, cond)
                 latent = torch.zeros_like(noise)
                 return guider.sample(noise, latent, self.sampler, step_sigmas, disable_pbar=True, seed=seed)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .comfy_adapter import Conditioning, sample_stock
+from .comfy_adapter import Conditioning, out_of_memory_guard, sample_stock
 from .errors import LD3InputError
 from .identity import model_identity
 
@@ -88,9 +88,9 @@ def generate_teacher(
         idx = [i for i in range(count) if int(prompt_index[i]) == p]
         for start in range(0, len(idx), batch_size):
             batch = idx[start : start + batch_size]
-            targets[batch] = (
-                sample_stock(model_patcher, cond, sampler, sigmas, noise[batch], seed=seed).float().cpu()
-            )
+            with out_of_memory_guard("generating teacher samples"):
+                out = sample_stock(model_patcher, cond, sampler, sigmas, noise[batch], seed=seed)
+            targets[batch] = out.float().cpu()
             done += len(batch)
             if progress is not None:
                 progress(done, count)
