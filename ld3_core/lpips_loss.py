@@ -88,16 +88,26 @@ def lpips_distance(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> 
     return model(x * 2 - 1, y * 2 - 1).reshape(x.shape[0])
 
 
+def _download_torchvision_alexnet(cached: Path) -> None:
+    """Let torchvision fetch its AlexNet weights into its cache (hash-checked); offline, explain instead."""
+    from torchvision.models import AlexNet_Weights
+
+    try:
+        AlexNet_Weights.IMAGENET1K_V1.get_state_dict(progress=False, check_hash=True)
+    except (OSError, RuntimeError, ValueError) as exc:  # URLError is an OSError
+        raise LD3InputError(
+            _INPUT,
+            f"LPIPS needs the AlexNet backbone weights: no {LPIPS_WEIGHTS_NAME} was found, nothing is at "
+            f"{cached}, and downloading them failed ({exc}); offline, the weights must be on disk",
+            _missing_weights_fix(),
+        ) from None
+
+
 def _read_backbone(weights_path) -> dict:
     if weights_path is None:
         cached = torchvision_alexnet_cache_path()
         if not cached.is_file():
-            raise LD3InputError(
-                _INPUT,
-                "LPIPS needs the AlexNet backbone weights offline and none were found "
-                f"(no {LPIPS_WEIGHTS_NAME} given, nothing at {cached})",
-                _missing_weights_fix(),
-            )
+            _download_torchvision_alexnet(cached)
         try:
             state = torch.load(cached, map_location="cpu", weights_only=True)
         except (RuntimeError, OSError, ValueError, EOFError) as exc:
