@@ -56,7 +56,7 @@ def demo_graph(nfes=NFES, samples: int = 16, teacher_steps: int = 30, prefix: st
                 "decoupled_times": True,
                 "epochs_phase1": 2,
                 "epochs_phase2": 3,
-                "lr_steps": 0.01,
+                "lr_steps": 0.001,
                 "batch_size": 1,
                 "seed": 0,
                 "schedule_name": f"{prefix}_{SAMPLER}_nfe{nfe}",
@@ -151,6 +151,9 @@ def run(url: str, output_dir: Path, timeout: float) -> int:
     print("Held-out error against the teacher (30-step dpmpp_2m), lower is better:")
     for line in summaries:
         print(f"  {line}")
+    print("\nSchedules (in ComfyUI's models/ld3/, for LD3 Load Sigmas):")
+    for nfe in NFES:
+        print(f"  {graph[f'train{nfe}']['inputs']['schedule_name']}.safetensors")
     print("\nPlots:")
     for key in sorted(k for k in outputs if k.startswith("save_")):
         for image in outputs[key].get("images", []):
