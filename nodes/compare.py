@@ -7,7 +7,7 @@ from ..ld3_core.api import builtin_schedules, check_teacher, heldout_errors
 from ..ld3_core.model_patch import learned_schedule
 from ..ld3_core.plot import line_plot, table_image
 from ..ld3_core.solvers import SUPPORTED_SAMPLERS
-from ._common import Teacher, TeacherBundle, stack_images
+from ._common import NodeProgress, Teacher, TeacherBundle, stack_images
 
 SIGMAS_INPUTS = ("sigmas", "sigmas_2", "sigmas_3", "sigmas_4")
 REPORT_COLUMNS = ("schedule", "steps", "rmse_mean", "rmse_sd", "vs_best_builtin")
@@ -88,7 +88,15 @@ class LD3CompareSigmas(io.ComfyNode):
             for name, value in builtin_schedules(model, steps, sampler_name).items():
                 schedules[name] = (value, None)
                 builtin_names.append(name)
-        errors = heldout_errors(model, teacher.data, teacher.conditionings, sampler_name, schedules)
+        # One schedule at a time: progress on the node, and Cancel is honoured between schedules.
+        progress = NodeProgress(len(schedules))
+        errors = {}
+        for done, (name, schedule) in enumerate(schedules.items(), start=1):
+            progress.check()
+            errors.update(
+                heldout_errors(model, teacher.data, teacher.conditionings, sampler_name, {name: schedule})
+            )
+            progress(done, len(schedules))
         rows = report_rows(errors, {k: v[0].numel() - 1 for k, v in schedules.items()}, builtin_names)
         report = format_report(rows, sampler_name, len(teacher.data.validation_indices))
         title = (
