@@ -160,7 +160,7 @@ class MixtureDenoiserNet(torch.nn.Module):
         if self.kind == "eps":
             # EPS input is x / sqrt(1 + sigma^2) at the sigma the timestep stands for (ComfyUI rounds
             # the timestep to its grid, so off-grid sigmas are seen as the nearest grid sigma).
-            sigma = model_sampling.sigma(timesteps).to(x.device, work).reshape(-1)
+            sigma = _discrete_sigma(model_sampling, timesteps).to(x.device, work).reshape(-1)
             sigma = sigma.expand(x.shape[0]) if sigma.numel() == 1 else sigma
             s = sigma.reshape(shape)
             noisy = x.to(work) * (1 + s**2).sqrt()
@@ -177,6 +177,36 @@ class MixtureDenoiserNet(torch.nn.Module):
         return out.to(x.dtype)
 
 
+def _discrete_sigma(model_sampling, timesteps: torch.Tensor) -> torch.Tensor:
+    """``model_sampling.sigma(t)``; for a float64 timestep the same interpolation without its float32 cast."""
+    if timesteps.dtype != torch.float64:
+        return model_sampling.sigma(timesteps)
+    log_sigmas = model_sampling.log_sigmas.to(torch.float64)
+    t = timesteps.to(log_sigmas.device).clamp(0, log_sigmas.numel() - 1)
+    low, high = t.detach().floor().long(), t.detach().ceil().long()
+    w = t - low  # t.frac(), differentiable in t
+    return ((1 - w) * log_sigmas[low] + w * log_sigmas[high]).exp().to(timesteps.device)
+
+
+class _Float64BaseModel(comfy.model_base.BaseModel):
+    """BaseModel that stays in float64: ComfyUI's ``_apply_model`` casts the network's timestep and output
+    to float32. Same steps otherwise, including ``model_sampling.timestep`` (so an LD3 patch's continuous,
+    decoupled timestep is what the network sees)."""
+
+    def _apply_model(
+        self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None, **kwargs
+    ):
+        transformer_options = {} if transformer_options is None else transformer_options
+        dtype = self.get_dtype()
+        xc = self.model_sampling.calculate_input(t, x).to(dtype)
+        timestep = self.model_sampling.timestep(t).to(dtype)
+        context = None if c_crossattn is None else c_crossattn.to(dtype)
+        out = self.diffusion_model(
+            xc, timestep, context=context, control=control, transformer_options=transformer_options
+        )
+        return self.model_sampling.calculate_denoised(t, out.to(dtype), x)
+
+
 class _MixtureConfig(comfy.supported_models_base.BASE):
     unet_config = {"disable_unet_model_creation": True}
     latent_format = comfy.latent_formats.LatentFormat  # scale_factor 1: latents are the mixture's samples
@@ -184,11 +214,21 @@ class _MixtureConfig(comfy.supported_models_base.BASE):
 
 
 def mixture_model_patcher(
-    mixture: GaussianMixture, kind: Literal["eps", "flow"], device: torch.device | str = "cpu"
+    mixture: GaussianMixture,
+    kind: Literal["eps", "flow"],
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> comfy.model_patcher.ModelPatcher:
-    """A ComfyUI MODEL whose network is the mixture's exact denoiser (SD1.x EPS or rectified flow)."""
+    """A ComfyUI MODEL whose network is the mixture's exact denoiser (SD1.x EPS or rectified flow).
+
+    ``dtype=torch.float32`` behaves like any ComfyUI model (network time and output in float32);
+    ``torch.float64`` keeps float64 inputs in float64 end to end (model_sampling tables included), for
+    gradient checks against finite differences.
+    """
     if kind not in ("eps", "flow"):
         raise ValueError(f"kind must be 'eps' or 'flow', got {kind!r}")
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     config = _MixtureConfig(dict(_MixtureConfig.unet_config))
     config.sampling_settings = dict(SD1_SAMPLING if kind == "eps" else FLOW_SAMPLING)
     # Latent metadata some ComfyUI code reads (e.g. empty-latent channel fixing, previews).
@@ -196,8 +236,12 @@ def mixture_model_patcher(
     config.latent_format.latent_dimensions = len(mixture.shape) - 1
     model_type = comfy.model_base.ModelType.EPS if kind == "eps" else comfy.model_base.ModelType.FLOW
     device = torch.device(device)
-    base = comfy.model_base.BaseModel(config, model_type=model_type, device=device)
+    model_class = _Float64BaseModel if dtype == torch.float64 else comfy.model_base.BaseModel
+    base = model_class(config, model_type=model_type, device=device)
     base.diffusion_model = MixtureDenoiserNet(mixture, kind).to(device)
+    if dtype == torch.float64:
+        base.diffusion_model.dtype = torch.float64  # what get_dtype() reports
+        base.model_sampling.to(torch.float64)  # its float32 sigma tables, exactly, as float64
     base.diffusion_model.attach(base)
     return comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=device)
 
