@@ -68,7 +68,8 @@ class TrainResult:
     initial_scheduler: str
     initial_validation_loss: float
     candidate_losses: dict[str, float]
-    validation_curve: list[float] = field(default_factory=list)  # one value per epoch, after it
+    validation_curve: list[float] = field(default_factory=list)  # hard loss, one value per epoch, after it
+    soft_validation_curve: list[float] = field(default_factory=list)  # soft loss (x'_T moved), per epoch
     train_curve: list[float] = field(default_factory=list)  # one value per iteration
     epochs_done: int = 0
     completed: bool = False
@@ -228,34 +229,37 @@ def train_schedule(
             if on_progress is not None:
                 on_progress(Progress(iteration, total, epoch, result.train_curve[-1], None))
 
-        # Validation once per epoch; in the soft loss, validation samples move their own x'_T too.
+        # Validation once per epoch. As in the paper, validation samples move their own x'_T under the
+        # soft loss, and that soft loss drives the learning-rate decay. The selection uses the hard loss
+        # (x'_T = x_T): that is what users sample, and it is how the starting schedule was scored, so
+        # the best-by-validation comparison that includes the start is a fair one.
         step_sigmas, eval_sigmas = schedule(phase2)
-        val_total = 0.0
-        for batch, prompt in _batches(val_idx, prompts, config.batch_size, None):
-            if soft:
-                out = student(noise_prime[batch], prompt, step_sigmas.detach(), _detach(eval_sigmas))
-                batch_loss = loss(out, targets[batch])
+        step_sigmas, eval_sigmas = step_sigmas.detach(), _detach(eval_sigmas)
+        if soft:
+            soft_total = 0.0
+            for batch, prompt in _batches(val_idx, prompts, config.batch_size, None):
+                batch_loss = loss(
+                    student(noise_prime[batch], prompt, step_sigmas, eval_sigmas), targets[batch]
+                )
                 noise_prime.grad = None
                 batch_loss.sum().backward()
                 with torch.no_grad():
                     opt_noise.step()
                     noise_prime[batch] = project_to_ball(noise_prime[batch], noise[batch], radius)
-            else:
-                with torch.no_grad():
-                    batch_loss = loss(student(noise[batch], prompt, step_sigmas, eval_sigmas), targets[batch])
-            val_total += float(batch_loss.detach().sum())
-        val_loss = val_total / len(val_idx)
+                soft_total += float(batch_loss.detach().sum())
+            result.soft_validation_curve.append(soft_total / len(val_idx))
+        val_loss = _mean_loss(
+            student, loss, noise, targets, prompts, val_idx, step_sigmas, eval_sigmas, config.batch_size
+        )
         _finite_or_raise(torch.tensor(val_loss), "the validation loss", iteration, epoch)
         result.validation_curve.append(val_loss)
-        result.epochs_done = epoch + 1
         for sched in plateau:
-            sched.step(val_loss)
+            sched.step(result.soft_validation_curve[-1] if soft else val_loss)
+        result.epochs_done = epoch + 1
         if val_loss < result.best_validation_loss:
             result.best_validation_loss = val_loss
-            result.step_sigmas = step_sigmas.detach().clone()
-            result.eval_sigmas = (
-                (eval_sigmas if eval_sigmas is not None else step_sigmas[:-1]).detach().clone()
-            )
+            result.step_sigmas = step_sigmas.clone()
+            result.eval_sigmas = (eval_sigmas if eval_sigmas is not None else step_sigmas[:-1]).clone()
             if on_best is not None:
                 on_best(result)
         if on_progress is not None:

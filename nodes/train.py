@@ -2,7 +2,6 @@
 
 import logging
 
-import torch
 from comfy_api.latest import io
 
 from ..ld3_core.api import builtin_schedules, check_teacher, learn_schedule
@@ -189,18 +188,16 @@ class LD3TrainSigmas(io.ComfyNode):
         def on_progress(p: Progress) -> None:
             progress(p.iteration, p.total_iterations)
 
-        # ComfyUI runs every node under torch.inference_mode(); training needs autograd.
-        with torch.inference_mode(False):
-            result = learn_schedule(
-                model,
-                teacher.data,
-                teacher.conditionings,
-                sampler_name,
-                config,
-                loss_fn,
-                on_progress=on_progress,
-                on_best=saver,
-            )
+        result = learn_schedule(
+            model,
+            teacher.data,
+            teacher.conditionings,
+            sampler_name,
+            config,
+            loss_fn,
+            on_progress=on_progress,
+            on_best=saver,
+        )
         saver(result)  # once more, now marked "completed"
         logging.info("LD3: schedule saved to %s", path)
         patched = patch_model(model, result.step_sigmas, result.eval_sigmas, sampler_name)
