@@ -186,4 +186,8 @@ def sample_stock(
         guider = _guider(model_patcher, cond)
         latent = torch.zeros_like(noise)
         sampler = comfy.samplers.sampler_object(sampler_name)
-        return guider.sample(noise, latent, sampler, sigmas, callback=callback, disable_pbar=True, seed=seed)
+        # A copy: stock UniPC writes 0.001 into its sigmas' last entry, which would change the caller's
+        # schedule (e.g. a learned schedule, or the teacher's sigmas reused for the next batch).
+        return guider.sample(
+            noise, latent, sampler, sigmas.clone(), callback=callback, disable_pbar=True, seed=seed
+        )

@@ -219,10 +219,20 @@ def grad_sampler(sampler_name: str):
 
 
 def _clone_sigmas(fn):
-    """UniPC writes 0.001 into its sigmas' last entry in place: give it a copy, not the caller's."""
+    """UniPC writes 0.001 into its sigmas' last entry in place: give it a copy, not the caller's.
+
+    Stock ComfyUI then undoes the noise scaling at that mutated last sigma (``KSAMPLER.sample`` calls
+    ``inverse_noise_scaling(sigmas[-1])`` on the same tensor): for flow models the output is divided by
+    ``1 - 0.001``. We apply it here, so training sees exactly what users get; the sampler's own call
+    at the untouched sigma 0 is then the identity for every ComfyUI model type.
+    """
 
     def sampler_function(model, noise, sigmas, *args, **kwargs):
-        return fn(model, noise, sigmas.clone(), *args, **kwargs)
+        x = fn(model, noise, sigmas.clone(), *args, **kwargs)
+        if bool(sigmas[-1] == 0):
+            model_sampling = model.inner_model.inner_model.model_sampling
+            x = model_sampling.inverse_noise_scaling(sigmas.new_tensor(0.001), x)
+        return x
 
     return sampler_function
 
