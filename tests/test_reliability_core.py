@@ -98,3 +98,20 @@ def test_patched_state_does_not_leak_between_models(mixture_model, cond):
     api.sample_with_schedule(mixture_model, cond, "euler", stock, None, noise)
     sample_stock(mixture_model, cond, "euler", stock, noise)
     assert mixture_model.model.model_sampling is base_sampling
+
+
+def test_mixture_models_do_not_change_comfyuis_latent_format():
+    import comfy.latent_formats
+
+    before = (
+        comfy.latent_formats.LatentFormat.latent_channels,
+        comfy.latent_formats.LatentFormat.latent_dimensions,
+    )
+    model = mixture_model_patcher(make_mixture((16, 2, 4, 4), seed=0, dtype=torch.float32), "flow")
+    assert model.model.latent_format.latent_channels == 16
+    assert model.model.latent_format.latent_dimensions == 3
+    after = (
+        comfy.latent_formats.LatentFormat.latent_channels,
+        comfy.latent_formats.LatentFormat.latent_dimensions,
+    )
+    assert after == before
