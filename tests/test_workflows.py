@@ -170,3 +170,51 @@ def test_demo_workflow_runs(tiny_models_server):
     report = "\n".join(entry["outputs"][one_node(graph, "PreviewAny")]["text"])
     assert "karras" in report, report  # the built-in schedulers are compared with the learned one
     assert (tiny.schedule_dir / "test_demo.safetensors").is_file()
+
+
+@pytest.mark.server
+def test_checks_catch_broken_workflows(comfy_server):
+    """The checks above fail for the right reasons: each single breakage below is reported."""
+    info = comfy_server.object_info()
+
+    def ui_problems(edit) -> list[str]:
+        workflow = load_ui("ld3_sd15_train")
+        edit({n["type"]: n for n in workflow["nodes"]})
+        return check_ui(workflow, info)
+
+    def api_problems(edit) -> list[str]:
+        graph = load_api("ld3_sd15_train")
+        edit(graph)
+        return check_api(graph, info)
+
+    def drop_control(nodes):  # widgets_values shifted: the seed's "fixed" is gone
+        nodes["LD3GenerateTeacher"]["widgets_values"].remove("fixed")
+
+    def too_few_samples(nodes):
+        nodes["LD3GenerateTeacher"]["widgets_values"][0] = 0
+
+    def unknown_type(nodes):
+        nodes["LD3TrainSigmas"]["type"] = "LD3NoSuchNode"
+
+    assert ui_problems(drop_control)
+    assert any("outside" in p for p in ui_problems(too_few_samples))
+    assert any("unknown node type" in p for p in ui_problems(unknown_type))
+    assert not ui_problems(lambda nodes: None)
+
+    train = one_node(load_api("ld3_sd15_train"), "LD3TrainSigmas")
+    ckpt = one_node(load_api("ld3_sd15_train"), "CheckpointLoaderSimple")
+
+    def model_into_teacher(graph):
+        graph[train]["inputs"]["teacher"] = [ckpt, 0]
+
+    def unknown_loss(graph):
+        graph[train]["inputs"]["loss"] = "mse"
+
+    def renamed_input(graph):
+        graph[train]["inputs"]["epochs"] = graph[train]["inputs"].pop("epochs_phase1")
+
+    assert any("MODEL output linked to a LD3_TEACHER" in p for p in api_problems(model_into_teacher))
+    assert any("'mse' is not one of" in p for p in api_problems(unknown_loss))
+    problems = api_problems(renamed_input)
+    assert any("unknown input 'epochs'" in p for p in problems)
+    assert any("'epochs_phase1' is missing" in p for p in problems)
