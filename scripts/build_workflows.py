@@ -668,7 +668,7 @@ def start_comfyui(workdir: Path) -> tuple[subprocess.Popen, str]:
         "--database-url",
         "sqlite:///:memory:",
     ]
-    log = open(workdir / "comfyui.log", "wb")  # noqa: SIM115 - lives as long as the server
+    log = open(workdir / "comfyui.log", "wb")  # stays open as long as the server runs
     process = subprocess.Popen(command, cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120

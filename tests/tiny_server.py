@@ -93,18 +93,27 @@ class TinyModelsServer:
     def run(self, graph: dict, timeout: float = 300.0) -> dict:
         """Queue a graph and return its /history entry; on failure, raise with the node's error and traceback."""
         entry = self.wait(self.queue(graph), timeout)
-        status = entry["status"]
-        if status.get("status_str") != "success":
-            errors = [data for kind, data in status.get("messages", []) if kind == "execution_error"]
-            if errors:
-                error = errors[0]
-                raise AssertionError(
-                    f"{error.get('node_type')} (node {error.get('node_id')}) failed: "
-                    f"{error.get('exception_type')}: {error.get('exception_message')}\n"
-                    + "".join(error.get("traceback", []))
-                )
-            raise AssertionError(f"prompt failed: {json.dumps(status)[:2000]}")
+        if entry["status"].get("status_str") != "success":
+            raise AssertionError(describe_failure(entry))
         return entry
+
+    def describe_failure(self, entry: dict) -> str:
+        return describe_failure(entry)
+
+
+def describe_failure(entry: dict) -> str:
+    """A /history entry's outcome in a few lines: status, and the failing node's error and traceback."""
+    status = entry.get("status", {})
+    errors = [data for kind, data in status.get("messages", []) if kind == "execution_error"]
+    if not errors:
+        kinds = [kind for kind, _ in status.get("messages", [])]
+        return f"prompt status {status.get('status_str')!r}, messages {kinds}"
+    error = errors[0]
+    return (
+        f"{error.get('node_type')} (node {error.get('node_id')}) failed: "
+        f"{error.get('exception_type')}: {error.get('exception_message')}\n"
+        + "".join(error.get("traceback", []))
+    )
 
 
 def _cached(name: str, write) -> Path:
