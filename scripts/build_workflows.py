@@ -1,9 +1,10 @@
 """Build workflows/*.json, workflows/api/*.json and the thumbnails by driving the real ComfyUI frontend.
 
-Each graph is made in the frontend itself (LiteGraph.createNode, widget values, connect), so the UI
-files are exactly what the frontend saves (app.graph.serialize()) and the API files exactly what it
-queues (app.graphToPrompt().output). The thumbnail is a screenshot of the saved file loaded back with
-app.loadGraphData, resized small (.png, and .jpg: the template browser asks for <name>.jpg).
+Each graph is made in the frontend itself (LiteGraph.createNode, widget values, connect), then written
+the way the frontend's Workflow > Export / Export (API) menu writes files: app.graphToPrompt()'s
+workflow (with the current view in extra.ds) and output, as JSON with two-space indents. The
+thumbnail is a screenshot of the written file loaded back with app.loadGraphData, resized small
+(.png, and .jpg: the template browser asks for <name>.jpg).
 
 Usage: .venv/bin/python scripts/build_workflows.py [--url http://127.0.0.1:8188] [--only NAME ...]
 Without --url it starts the development ComfyUI (scripts/setup.sh) on a free port and stops it after.
@@ -602,8 +603,18 @@ async (spec) => {
   graph.setDirtyCanvas(true, true);
   const broken = graph.nodes.filter((n) => n.has_errors).map((n) => n.type);
   if (broken.length) throw new Error(`nodes with errors: ${broken}`);
+}
+"""
+
+# What Workflow > Export (UI) and Export (API) write in frontend 1.32.9 (exportWorkflow).
+EXPORT_JS = """
+async () => {
   const prompt = await app.graphToPrompt();
-  return { workflow: graph.serialize(), api: prompt.output };
+  const { offset, scale } = app.canvas.ds;
+  prompt.workflow.extra ??= {};
+  prompt.workflow.extra.ds = { scale, offset: [offset[0], offset[1]] };
+  // The file text itself: JSON.stringify drops undefined fields, which a Python round trip would keep.
+  return { workflow: JSON.stringify(prompt.workflow, null, 2), api: JSON.stringify(prompt.output, null, 2) };
 }
 """
 
@@ -703,9 +714,9 @@ def _clip(box: dict) -> dict:
     return {"x": x, "y": y, "width": width, "height": height}
 
 
-def write_json(path: Path, data) -> None:
+def write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
 
 
 def build(url: str, workflows, out_dir: Path) -> None:
@@ -720,20 +731,19 @@ def build(url: str, workflows, out_dir: Path) -> None:
             page.wait_for_timeout(1000)
             for make in workflows:
                 workflow = make()
-                result = page.evaluate(BUILD_JS, workflow.spec())
-                page.evaluate(FIT_JS)
-                ui = page.evaluate("() => app.graph.serialize()")  # with the fitted view in extra.ds
-                write_json(out_dir / f"{workflow.name}.json", ui)
-                write_json(out_dir / "api" / f"{workflow.name}.json", result["api"])
+                page.evaluate(BUILD_JS, workflow.spec())
+                page.evaluate(FIT_JS)  # the saved view shows the whole graph
+                result = page.evaluate(EXPORT_JS)
+                write_text(out_dir / f"{workflow.name}.json", result["workflow"])
+                write_text(out_dir / "api" / f"{workflow.name}.json", result["api"])
+                ui, api = json.loads(result["workflow"]), json.loads(result["api"])
                 # The thumbnail shows the saved file as the frontend loads it.
                 page.evaluate("async (wf) => { await app.loadGraphData(wf); }", ui)
                 box = page.evaluate(FIT_JS)
                 page.add_style_tag(content=HIDE_CHROME_CSS)
                 page.wait_for_timeout(800)
                 thumbnail(page.screenshot(clip=_clip(box)), out_dir, workflow.name)
-                print(
-                    f"build_workflows: {workflow.name}: {len(ui['nodes'])} nodes, {len(result['api'])} in API form"
-                )
+                print(f"build_workflows: {workflow.name}: {len(ui['nodes'])} nodes, {len(api)} in API form")
         finally:
             browser.close()
 
