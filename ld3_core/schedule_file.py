@@ -119,6 +119,12 @@ def save_schedule(path: str | os.PathLike, record: ScheduleRecord) -> None:
     path = Path(path)
     tensors = {"step_sigmas": record.step_sigmas.contiguous(), "eval_sigmas": record.eval_sigmas.contiguous()}
     data = _safetensors_save(tensors, metadata={METADATA_KEY: json.dumps(record.metadata(), allow_nan=False)})
+    atomic_write(path, data)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` as a complete new file or not at all: temp file, flush + fsync, rename."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

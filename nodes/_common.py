@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from comfy_api.latest import io
 from safetensors.torch import save as safetensors_save
 
 from ..ld3_core.comfy_adapter import Conditioning
-from ..ld3_core.schedule_file import default_versions
+from ..ld3_core.schedule_file import atomic_write, default_versions
 from ..ld3_core.scheduler import register_ld3_scheduler
 from ..ld3_core.teacher import TeacherData
 
@@ -98,26 +97,6 @@ class NodeProgress:
     def check(self) -> None:
         """Raise ComfyUI's interruption exception if the user pressed Cancel."""
         comfy.model_management.throw_exception_if_processing_interrupted()
-
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` as a complete new file or not at all (temp file + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # Interrupts included: a half-written temp file must never be left behind.
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def next_numbered_path(directory: str | os.PathLike, stem: str, suffix: str = ".safetensors") -> Path:
