@@ -73,7 +73,9 @@ class LPIPSLoss:
 
     def __init__(self, vae, lpips_weights: str | None, device=None, batch_size: int = 4):
         self.decoder = VAEDecoder(vae)
-        self.lpips = load_lpips(lpips_weights, device=device or vae.device)
+        # Built outside inference mode (ComfyUI runs nodes under it): backward must save its weights.
+        with torch.inference_mode(False):
+            self.lpips = load_lpips(lpips_weights, device=device or vae.device)
         self.batch_size = batch_size
 
     def prepare(self, targets: torch.Tensor) -> torch.Tensor:
