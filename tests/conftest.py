@@ -26,6 +26,7 @@ comfy.cli_args.args.cpu = True  # before comfy.model_management is imported anyw
 # Fixtures. Everything below runs after the bootstrap above (ComfyUI first on sys.path, CPU only).
 
 import asyncio  # noqa: E402
+import contextlib  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
 import socket  # noqa: E402
@@ -34,6 +35,7 @@ import time  # noqa: E402
 import types  # noqa: E402
 import urllib.error  # noqa: E402
 import urllib.request  # noqa: E402
+from collections.abc import Iterator, Sequence  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 
 import pytest  # noqa: E402
@@ -192,20 +194,19 @@ def _stop(process: subprocess.Popen) -> None:
             process.wait(timeout=15)
 
 
-@pytest.fixture(scope="session")
-def comfy_server(tmp_path_factory) -> ComfyServer:
-    """Start ComfyUI's main.py on a free port with the pack loaded; stopped by PID at session end.
+@contextlib.contextmanager
+def run_comfy_server(base: Path, extra_args: Sequence[str] = ()) -> Iterator[ComfyServer]:
+    """Run ComfyUI's main.py on a free port with the pack loaded, until the block ends (stop by PID).
 
-    Output, input, temp and user folders live in a temporary directory; the models folders stay the
-    user's (ComfyUI/models). The sqlite database is in memory.
+    Output, input, temp and user folders live under ``base``; the models folders stay the user's
+    (ComfyUI/models) unless ``extra_args`` adds others. The sqlite database is in memory.
     """
     link = COMFYUI_DIR / "custom_nodes" / PACK_DIR_NAME
     if not link.exists() or link.resolve() != PACK_ROOT:
         pytest.fail(f"{link} does not point at this checkout ({PACK_ROOT}): run scripts/setup.sh")
-    base = tmp_path_factory.mktemp("comfy_server")
     dirs = {name: base / name for name in ("output", "input", "temp", "user")}
     for path in dirs.values():
-        path.mkdir()
+        path.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     log_path = base / "comfyui.log"
     command = [
@@ -218,6 +219,7 @@ def comfy_server(tmp_path_factory) -> ComfyServer:
         str(port),
         "--disable-auto-launch",
         "--disable-api-nodes",
+        *extra_args,
         "--output-directory",
         str(dirs["output"]),
         "--input-directory",
@@ -259,3 +261,10 @@ def comfy_server(tmp_path_factory) -> ComfyServer:
         yield server
     finally:
         _stop(process)
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory) -> Iterator[ComfyServer]:
+    """The real ComfyUI server with the pack, on the user's models folders, for the whole session."""
+    with run_comfy_server(tmp_path_factory.mktemp("comfy_server")) as server:
+        yield server

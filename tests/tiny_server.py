@@ -18,8 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -28,16 +26,7 @@ from pathlib import Path
 
 import pytest
 import tiny_checkpoints
-from conftest import (
-    COMFYUI_DIR,
-    PACK_DIR_NAME,
-    PACK_ROOT,
-    SERVER_START_TIMEOUT_S,
-    ComfyServer,
-    _free_port,
-    _stop,
-    log_tail,
-)
+from conftest import COMFYUI_DIR, PACK_ROOT, ComfyServer, log_tail, run_comfy_server
 
 TESTS_DIR = Path(__file__).resolve().parent
 TEST_CUSTOM_NODES = TESTS_DIR / "comfy_custom_nodes"
@@ -154,9 +143,6 @@ def _extra_model_paths(base: Path) -> str:
 @pytest.fixture(scope="session")
 def tiny_models_server(tmp_path_factory) -> TinyModelsServer:
     """ComfyUI with the pack, the tiny SD1.x checkpoint, a tiny Flux VAE and the test-only nodes."""
-    link = COMFYUI_DIR / "custom_nodes" / PACK_DIR_NAME
-    if not link.exists() or link.resolve() != PACK_ROOT:
-        pytest.fail(f"{link} does not point at this checkout ({PACK_ROOT}): run scripts/setup.sh")
     base = tmp_path_factory.mktemp("tiny_models_server")
     models = base / "models"
     _link(
@@ -167,63 +153,12 @@ def tiny_models_server(tmp_path_factory) -> TinyModelsServer:
     (models / "ld3").mkdir()
     config = base / "extra_model_paths.yaml"
     config.write_text(_extra_model_paths(base))
-    dirs = {name: base / name for name in ("output", "input", "temp", "user")}
-    for path in dirs.values():
-        path.mkdir()
-    port = _free_port()
-    log_path = base / "comfyui.log"
-    command = [
-        sys.executable,
-        str(COMFYUI_DIR / "main.py"),
-        "--cpu",
-        "--fp32-text-enc",
-        "--listen",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--disable-auto-launch",
-        "--disable-api-nodes",
-        "--extra-model-paths-config",
-        str(config),
-        "--output-directory",
-        str(dirs["output"]),
-        "--input-directory",
-        str(dirs["input"]),
-        "--temp-directory",
-        str(dirs["temp"]),
-        "--user-directory",
-        str(dirs["user"]),
-        "--database-url",
-        "sqlite:///:memory:",
-    ]
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            command,
-            cwd=COMFYUI_DIR,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        )
-    server = ComfyServer(f"http://127.0.0.1:{port}", log_path, process, dirs["output"])
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"ComfyUI exited with {process.returncode} at start:\n{log_tail(log_path)}")
-            try:
-                server.get_json("/system_stats", timeout=5)
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                if time.monotonic() > deadline:
-                    pytest.fail(
-                        f"ComfyUI did not answer in {SERVER_START_TIMEOUT_S} s:\n{log_tail(log_path)}"
-                    )
-                time.sleep(0.25)
+    extra = ["--fp32-text-enc", "--extra-model-paths-config", str(config)]
+    with run_comfy_server(base, extra) as server:
         info = server.object_info()
         for node_type in ("LD3TrainSigmas", "LD3TestTinyFluxModel", "LD3TestTinyFluxText"):
             if node_type not in info:
-                pytest.fail(f"{node_type} did not load in the tiny-models server:\n{log_tail(log_path)}")
+                pytest.fail(
+                    f"{node_type} did not load in the tiny-models server:\n{log_tail(server.log_path)}"
+                )
         yield TinyModelsServer(server, models, SD15_CHECKPOINT, FLUX_VAE)
-    finally:
-        _stop(process)
