@@ -1,0 +1,111 @@
+"""Failure paths through the real server: cancelled teacher generation, hostile schedule files.
+
+Each case ends with a normal prompt on the same server: a failure must leave nothing half-done behind.
+"""
+
+import pickle
+import time
+import uuid
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from test_nodes import (
+    SCHEDULE_DIR,
+    demo_nodes,
+    error_of,
+    interrupt,
+    messages,
+    queue,
+    teacher_node,
+    wait_history,
+)
+
+pytestmark = pytest.mark.server
+
+
+def _server_still_works(server):
+    graph = demo_nodes()
+    graph["teacher"] = teacher_node(samples=2, steps=3, name=f"after_{uuid.uuid4().hex[:6]}")
+    graph["sigmas"] = {
+        "class_type": "BasicScheduler",
+        "inputs": {"model": ["demo", 0], "scheduler": "karras", "steps": 3, "denoise": 1.0},
+    }
+    graph["show"] = {"class_type": "PreviewAny", "inputs": {"source": ["sigmas", 0]}}
+    server.run_prompt(graph)
+
+
+def test_cancel_during_teacher_generation_writes_no_file(comfy_server):
+    name = f"cancelled_{uuid.uuid4().hex[:8]}"
+    teacher_dir = comfy_server.output_dir / "ld3"
+    graph = demo_nodes(size=16)
+    graph["teacher"] = teacher_node(samples=400, steps=200, name=name)
+    graph["teacher"]["inputs"]["batch_size"] = 1
+    graph["show"] = {"class_type": "PreviewAny", "inputs": {"source": ["teacher", 0]}}
+    prompt_id = comfy_server.post_json("/prompt", {"prompt": graph})["prompt_id"]
+    deadline = time.monotonic() + 60
+    while "Prompt executed" not in comfy_server.log() and time.monotonic() < deadline:
+        # Wait until the teacher node is running (the queue shows it) before cancelling it.
+        queue_state = comfy_server.get_json("/queue")
+        if queue_state["queue_running"]:
+            break
+        time.sleep(0.05)
+    time.sleep(1.0)
+    interrupt(comfy_server)
+    entry = wait_history(comfy_server, prompt_id, timeout=120)
+    interrupted = messages(entry, "execution_interrupted")
+    assert interrupted and interrupted[0]["node_id"] == "teacher", entry["status"]
+    written = list(teacher_dir.glob(f"{name}*")) + list(teacher_dir.glob(f".{name}*"))
+    assert not written, f"a cancelled teacher left files behind: {written}"
+    _server_still_works(comfy_server)
+
+
+class _Marker:
+    """A pickle payload that would create a file if anything ever unpickled it."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _hostile_files(tmp_marker):
+    valid_steps = torch.tensor([14.6, 3.0, 0.5, 0.0])
+    yield "pickle", pickle.dumps({"step_sigmas": _Marker(tmp_marker)})
+    yield "torch_save", None  # written below with torch.save, also a pickle inside a zip
+    yield "random", bytes(range(256)) * 8
+    yield "empty", b""
+    path = SCHEDULE_DIR / f".tmp_{uuid.uuid4().hex}.safetensors"
+    save_file({"step_sigmas": valid_steps, "eval_sigmas": valid_steps[:-1].clone()}, str(path))  # no metadata
+    data = path.read_bytes()
+    path.unlink()
+    yield "no_metadata", data
+    yield "truncated", data[: len(data) // 2]
+
+
+@pytest.mark.parametrize("kind", ["pickle", "torch_save", "random", "empty", "no_metadata", "truncated"])
+def test_hostile_schedule_files_are_refused_and_nothing_runs(comfy_server, tmp_path, kind):
+    marker = tmp_path / "executed"
+    data = dict(_hostile_files(marker))[kind]
+    path = SCHEDULE_DIR / f"test_hostile_{kind}_{uuid.uuid4().hex[:6]}.safetensors"
+    SCHEDULE_DIR.mkdir(parents=True, exist_ok=True)
+    try:
+        if data is None:
+            torch.save({"step_sigmas": _Marker(marker)}, path)
+        else:
+            path.write_bytes(data)
+        graph = demo_nodes()
+        graph["load"] = {
+            "class_type": "LD3LoadSigmas",
+            "inputs": {"model": ["demo", 0], "schedule_file": path.name, "sampler_name": "any", "steps": 0},
+        }
+        graph["show"] = {"class_type": "PreviewAny", "inputs": {"source": ["load", 0]}}
+        _, entry = queue(comfy_server, graph)
+        error = error_of(entry)
+        assert error["node_id"] == "load"
+        assert error["exception_message"].startswith("schedule_file:"), error["exception_message"]
+        assert not marker.exists(), "a schedule file's payload was executed"
+    finally:
+        path.unlink(missing_ok=True)
+    _server_still_works(comfy_server)
