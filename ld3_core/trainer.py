@@ -48,6 +48,9 @@ class TrainConfig:
     epochs_phase1: int = 2  # step logits + x'_T
     epochs_phase2: int = 3  # + decoupled offsets
     batch_size: int = 1
+    # Samples per call when nothing is differentiated (scoring the built-in schedules, hard validation):
+    # a GPU runs a batch of 8 in about the time of 2, and the result is the same as one at a time.
+    eval_batch_size: int = 8
     lr_steps: float = 1e-3  # RMSprop (pixel models: 5e-3)
     lr_offsets: float | None = None  # SGD; None -> 0.01 / NFE (log-sigma units)
     lr_noise: float | None = None  # SGD on x'_T; None -> 12 / NFE
@@ -154,7 +157,7 @@ def train_schedule(
     # Initialisation (paper Sec. 3.4): the best built-in schedule on the validation set.
     candidate_losses = {
         name: _mean_loss(
-            student, loss, noise, targets, prompts, val_idx, sig.float(), None, config.batch_size
+            student, loss, noise, targets, prompts, val_idx, sig.float(), None, config.eval_batch_size
         )
         for name, sig in candidates.items()
         if bool((sig[:-1] > sig[1:]).all())
@@ -249,7 +252,7 @@ def train_schedule(
                 soft_total += float(batch_loss.detach().sum())
             result.soft_validation_curve.append(soft_total / len(val_idx))
         val_loss = _mean_loss(
-            student, loss, noise, targets, prompts, val_idx, step_sigmas, eval_sigmas, config.batch_size
+            student, loss, noise, targets, prompts, val_idx, step_sigmas, eval_sigmas, config.eval_batch_size
         )
         _finite_or_raise(torch.tensor(val_loss), "the validation loss", iteration, epoch)
         result.validation_curve.append(val_loss)

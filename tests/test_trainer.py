@@ -149,7 +149,7 @@ def test_hard_teacher_forcing_leaves_the_noise_alone_and_soft_stays_in_the_ball(
     seen = []
 
     def student(noise, prompt, step_sigmas, eval_sigmas):
-        seen.append(noise.detach().clone())
+        seen.extend(noise.detach().clone().split(1))
         return euler_student(noise, prompt, step_sigmas, eval_sigmas)
 
     noise, _, _, _ = problem()
