@@ -1,0 +1,164 @@
+"""The benchmark models: exact Gaussian mixtures and the tiny test models, with their reference schedules.
+
+Every model is a real ComfyUI MODEL (ModelPatcher); conditioning, CFG and noise scaling are ComfyUI's.
+Import after ``bench.env.bootstrap()``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ld3_core.comfy_adapter import Conditioning
+
+# The mixtures' exact endpoint: a 500-step solve (dpmpp_2m; karras for EPS, simple for flow).
+EXACT_STEPS = 500
+
+
+@dataclass
+class BenchModel:
+    """One benchmark model: its MODEL, conditioning, latent shape and how its reference is made."""
+
+    name: str
+    patcher: object
+    cond: Conditioning
+    latent_shape: tuple[int, ...]  # one sample, no batch dimension
+    family: str  # "sd1" (SD1.x discrete sigmas) or "flow"
+    exact: bool  # True: reference = exact endpoint (500-step solve); False: the teacher
+    teacher_scheduler: str
+    teacher_steps: int
+    vae: object | None = None
+    notes: dict = field(default_factory=dict)
+
+
+def _mixture(name: str, shape: tuple[int, ...], kind: str, seed: int) -> BenchModel:
+    from ld3_core import mixture
+
+    mix = mixture.make_mixture(shape, components=8, seed=seed, dtype=torch.float32)
+    patcher = mixture.mixture_model_patcher(mix, kind)
+    positive, negative = mixture.mixture_conditioning()
+    return BenchModel(
+        name=name,
+        patcher=patcher,
+        cond=Conditioning(positive, negative, 1.0),
+        latent_shape=shape,
+        family="sd1" if kind == "eps" else "flow",
+        exact=True,
+        teacher_scheduler="karras" if kind == "eps" else "simple",
+        teacher_steps=EXACT_STEPS,
+        notes={"components": 8, "separation": mixture.mixture_separation(mix)},
+    )
+
+
+def tiny_vae(seed: int = 3, dtype: torch.dtype = torch.float32):
+    """A randomly initialised SD-architecture VAE at toy width (8x upsampling, 4 latent channels)."""
+    import comfy.sd
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+    from tiny_models import init_weights
+
+    params = {
+        "embed_dim": 4,
+        "ddconfig": {
+            "double_z": True,
+            "z_channels": 4,
+            "resolution": 64,
+            "in_channels": 3,
+            "out_ch": 3,
+            "ch": 32,
+            "ch_mult": [1, 1, 1, 1],
+            "num_res_blocks": 1,
+            "attn_resolutions": [],
+            "dropout": 0.0,
+        },
+    }
+    module = AutoencoderKL(**params)
+    init_weights(module, seed)
+    return comfy.sd.VAE(
+        sd=module.state_dict(), config={"params": params}, device=torch.device("cpu"), dtype=dtype
+    )
+
+
+def build(name: str) -> BenchModel:
+    """Build one benchmark model by name (see MODELS)."""
+    import comfy.model_base
+    import tiny_models
+
+    if name == "mix-eps-4x16x16":
+        return _mixture(name, (4, 16, 16), "eps", seed=0)
+    if name == "mix-eps-4x32x32":
+        return _mixture(name, (4, 32, 32), "eps", seed=1)
+    if name == "mix-flow-16x16x16":
+        return _mixture(name, (16, 16, 16), "flow", seed=2)
+    if name in ("tiny-sd15-eps", "tiny-sd15-v"):
+        kind = (
+            comfy.model_base.ModelType.EPS
+            if name.endswith("eps")
+            else comfy.model_base.ModelType.V_PREDICTION
+        )
+        patcher = tiny_models.build_tiny_sd15(kind, seed=0 if name.endswith("eps") else 1)
+        positive, negative = tiny_models.sd15_conditioning(seed=0)
+        return BenchModel(
+            name=name,
+            patcher=patcher,
+            cond=Conditioning(positive, negative, 3.0),
+            latent_shape=(4, 8, 8),
+            family="sd1",
+            exact=False,
+            teacher_scheduler="karras",
+            teacher_steps=20,
+            vae=tiny_vae() if name.endswith("eps") else None,
+        )
+    if name == "tiny-flux":
+        patcher = tiny_models.build_tiny_flux(seed=2)
+        positive, negative = tiny_models.flux_conditioning(seed=0)
+        return BenchModel(
+            name=name,
+            patcher=patcher,
+            cond=Conditioning(positive, negative, 1.0),
+            latent_shape=(16, 16, 16),
+            family="flow",
+            exact=False,
+            teacher_scheduler="simple",
+            teacher_steps=20,
+        )
+    raise KeyError(name)
+
+
+MODELS = (
+    "mix-eps-4x16x16",
+    "mix-eps-4x32x32",
+    "mix-flow-16x16x16",
+    "tiny-sd15-eps",
+    "tiny-sd15-v",
+    "tiny-flux",
+)
+
+
+def steps_for_nfe(sampler: str, nfe: int) -> int:
+    """Solver steps within an NFE budget: Heun spends 2 calls a step except the last (2s - 1)."""
+    if sampler in ("heun", "dpm_2", "heunpp2"):
+        return max(2, (nfe + 1) // 2)
+    return nfe
+
+
+def used_nfe(sampler: str, steps: int) -> int:
+    return 2 * steps - 1 if sampler in ("heun", "dpm_2", "heunpp2") else steps
+
+
+def extra_schedules(model: BenchModel, steps: int) -> dict[str, torch.Tensor]:
+    """AYS / GITS (SD1.x sigmas) or OptimalSteps (Flux), computed by ComfyUI's own scheduler nodes."""
+    out = {}
+    if model.family == "sd1":
+        from comfy_extras.nodes_align_your_steps import AlignYourStepsScheduler
+        from comfy_extras.nodes_gits import GITSScheduler
+
+        out["ays"] = AlignYourStepsScheduler.execute("SD1", steps, 1.0).result[0]
+        out["gits"] = GITSScheduler.execute(1.20, steps, 1.0).result[0]
+    else:
+        from comfy_extras.nodes_optimalsteps import OptimalStepsScheduler
+
+        if steps >= 3:
+            out["optimal_steps"] = OptimalStepsScheduler.execute("FLUX", steps, 1.0).result[0]
+    return {k: v.float() for k, v in out.items() if v.numel() == steps + 1 and math.isfinite(float(v.sum()))}

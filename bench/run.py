@@ -1,0 +1,145 @@
+"""The CPU benchmark suite in one command: quality, cost and memory -> bench/results/*.json + BENCHMARKS.md.
+
+    .venv/bin/python bench/run.py            # the full CPU suite (about 15 minutes on 2 cores)
+    .venv/bin/python bench/run.py --quick    # one seed, a few cells: checks the plumbing in ~2 minutes
+
+Work runs in worker processes (one torch thread each): the cost + memory suite in one of them while
+the others make teacher data; then the quality cells, longest first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import env, quality
+
+QUICK_MODELS = ("mix-eps-4x16x16", "tiny-flux")
+
+
+def _cost_job(_: int) -> dict:
+    env.bootstrap(threads=1)
+    quality.quiet()
+    from bench import cost
+
+    return cost.run_all(log=lambda msg: print(msg, flush=True))
+
+
+def _job_weight(job) -> float:
+    name, _, cells = job
+    per_call = {
+        "tiny-sd15-eps": 30.0,
+        "tiny-sd15-v": 30.0,
+        "tiny-flux": 12.0,
+        "mix-eps-4x32x32": 4.0,
+        "mix-flow-16x16x16": 3.0,
+    }.get(name, 2.0)
+    return per_call * sum(c.nfe * len(c.variants) for c in cells)
+
+
+def _quick_grid(jobs):
+    out = []
+    for name, seed, cells in jobs:
+        keep = [c for c in cells if c.sampler in ("dpmpp_2m", "euler") and c.nfe in (4, 6)]
+        keep = [quality.Cell(c.sampler, c.nfe, c.variants[:1]) for c in keep]
+        if keep:
+            out.append((name, seed, keep))
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="one seed, dpmpp_2m/euler at NFE 4 and 6, two models"
+    )
+    parser.add_argument("--workers", type=int, default=max(1, min(os.cpu_count() or 1, 4)))
+    parser.add_argument("--skip-cost", action="store_true", help="keep bench/results/cost.json as it is")
+    parser.add_argument("--models", nargs="*", help="a subset of the models (default: all)")
+    args = parser.parse_args(argv)
+
+    started = time.perf_counter()
+    load_start = os.getloadavg()
+    env.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(env.BENCH_DIR / "out" / "cache", ignore_errors=True)
+    # This run's CPU results replace the last ones (gpu*.json and its notes come from bench/gpu.py).
+    stale = [*env.RESULTS_DIR.glob("*.png"), env.RESULTS_DIR / "quality.json", env.RESULTS_DIR / "run.json"]
+    for path in stale + ([] if args.skip_cost else [env.RESULTS_DIR / "cost.json"]):
+        path.unlink(missing_ok=True)
+
+    from bench.models import MODELS
+
+    names = args.models or (QUICK_MODELS if args.quick else MODELS)
+    seeds = (0,) if args.quick else (0, 1, 2)
+    cell_jobs = quality.jobs(names, seeds)
+    if args.quick:
+        cell_jobs = _quick_grid(cell_jobs)
+    cell_jobs.sort(key=_job_weight, reverse=True)
+    used = sorted({name for name, _, _ in cell_jobs})
+    data_jobs = sorted(
+        quality.data_jobs(used, seeds), key=lambda j: (j[1] is not None, j[0].startswith("tiny"))
+    )
+
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(args.workers) as pool:
+        cost_result = None if args.skip_cost else pool.apply_async(_cost_job, (0,))
+        print(f"data: {len(data_jobs)} held-out sets and teacher sets", flush=True)
+        pool.map(quality.prepare_job, data_jobs, chunksize=1)
+        print(f"quality: {len(cell_jobs)} jobs, {time.perf_counter() - started:.0f} s so far", flush=True)
+        rows = []
+        for i, job_rows in enumerate(pool.imap_unordered(quality.run_job, cell_jobs, chunksize=1)):
+            rows += job_rows
+            if job_rows:
+                print(
+                    f"  {i + 1}/{len(cell_jobs)} {job_rows[0]['model']} seed {job_rows[0]['seed']} NFE "
+                    f"{job_rows[0]['nfe']} done at {time.perf_counter() - started:.0f} s",
+                    flush=True,
+                )
+        cost = cost_result.get() if cost_result is not None else None
+
+    records = quality.aggregate(rows)
+    (env.RESULTS_DIR / "quality.json").write_text(json.dumps(records, indent=1))
+    (env.BENCH_DIR / "out").mkdir(exist_ok=True)
+    (env.BENCH_DIR / "out" / "quality_rows.json").write_text(json.dumps(rows, indent=1))
+    if cost is not None:
+        (env.RESULTS_DIR / "cost.json").write_text(json.dumps(cost, indent=1))
+
+    env.bootstrap()
+    import torch
+
+    comfyui_version = (env.COMFYUI_DIR / "comfyui_version.py").read_text().split('"')[1]
+    run_info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "wall_s": time.perf_counter() - started,
+        "workers": args.workers,
+        "cpus": os.cpu_count(),
+        "loadavg_start": round(load_start[0], 1),
+        "loadavg_end": round(os.getloadavg()[0], 1),
+        "torch": torch.__version__,
+        "comfyui": comfyui_version,
+        "python": platform.python_version(),
+        "mode": "quick" if args.quick else "full",
+        "command": " ".join(
+            [".venv/bin/python", "bench/run.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
+    }
+    (env.RESULTS_DIR / "run.json").write_text(json.dumps(run_info, indent=1))
+    from bench import report
+
+    path = report.write(run_info)
+    print(f"wrote {path} in {run_info['wall_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
