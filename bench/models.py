@@ -54,30 +54,9 @@ def _mixture(name: str, shape: tuple[int, ...], kind: str, seed: int) -> BenchMo
 
 def tiny_vae(seed: int = 3, dtype: torch.dtype = torch.float32):
     """A randomly initialised SD-architecture VAE at toy width (8x upsampling, 4 latent channels)."""
-    import comfy.sd
-    from comfy.ldm.models.autoencoder import AutoencoderKL
-    from tiny_models import init_weights
+    from tiny_models import build_tiny_vae
 
-    params = {
-        "embed_dim": 4,
-        "ddconfig": {
-            "double_z": True,
-            "z_channels": 4,
-            "resolution": 64,
-            "in_channels": 3,
-            "out_ch": 3,
-            "ch": 32,
-            "ch_mult": [1, 1, 1, 1],
-            "num_res_blocks": 1,
-            "attn_resolutions": [],
-            "dropout": 0.0,
-        },
-    }
-    module = AutoencoderKL(**params)
-    init_weights(module, seed)
-    return comfy.sd.VAE(
-        sd=module.state_dict(), config={"params": params}, device=torch.device("cpu"), dtype=dtype
-    )
+    return build_tiny_vae(seed, dtype)
 
 
 def build(name: str) -> BenchModel:

@@ -9,10 +9,9 @@ says, not merely to finish.
 
 import math
 
-import comfy.sd
 import pytest
+import tiny_models
 import torch
-from comfy.ldm.models.autoencoder import AutoencoderKL
 from conftest import COMFYUI_DIR
 
 from ld3_core import comfy_adapter
@@ -27,35 +26,6 @@ LATENT = (4, 8, 8)
 STEPS = 3
 SAMPLER = "euler"
 LPIPS_WEIGHTS = COMFYUI_DIR / "models" / "lpips" / "alexnet.safetensors"
-# SD1.x's AutoencoderKL layout at toy width (32 channels: GroupNorm needs 32 groups), 8x downscale.
-TINY_VAE_DDCONFIG = {
-    "double_z": True,
-    "z_channels": 4,
-    "resolution": 64,
-    "in_channels": 3,
-    "out_ch": 3,
-    "ch": 32,
-    "ch_mult": [1, 1, 1, 1],
-    "num_res_blocks": 1,
-    "attn_resolutions": [],
-    "dropout": 0.0,
-}
-
-
-def tiny_vae(seed: int = 0) -> comfy.sd.VAE:
-    """A ComfyUI VAE (AutoencoderKL, 0.37 M parameters) from a randomly initialised state dict."""
-    module = AutoencoderKL(ddconfig=TINY_VAE_DDCONFIG, embed_dim=4)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in module.named_parameters():
-            if name.endswith("bias"):
-                param.zero_()
-            elif param.ndim <= 1:
-                param.fill_(1.0)
-            else:
-                param.copy_(torch.randn(param.shape, generator=gen) / math.sqrt(param[0].numel()))
-    config = {"params": {"ddconfig": TINY_VAE_DDCONFIG, "embed_dim": 4}}
-    return comfy.sd.VAE(sd=module.state_dict(), config=config)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +37,7 @@ def setup(tiny_sd15, sd15_conds):
 
 @pytest.fixture(scope="module")
 def vae():
-    return tiny_vae()
+    return tiny_models.build_tiny_vae()
 
 
 @pytest.fixture

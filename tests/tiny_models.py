@@ -12,6 +12,7 @@ import math
 
 import comfy.model_base
 import comfy.model_patcher
+import comfy.sd
 import comfy.supported_models
 import torch
 
@@ -136,3 +137,28 @@ def latent_shape(
     """Shape (batch, channels, height, width) of a latent for the model (4 channels SD1.x, 16 Flux)."""
     channels = patcher.model.latent_format.latent_channels
     return (batch, channels, height, width)
+
+
+# SD1.x's AutoencoderKL layout at toy width (32 channels: GroupNorm needs 32 groups), 8x downscale.
+TINY_VAE_DDCONFIG = {
+    "double_z": True,
+    "z_channels": 4,
+    "resolution": 64,
+    "in_channels": 3,
+    "out_ch": 3,
+    "ch": 32,
+    "ch_mult": [1, 1, 1, 1],
+    "num_res_blocks": 1,
+    "attn_resolutions": [],
+    "dropout": 0.0,
+}
+
+
+def build_tiny_vae(seed: int = 0, dtype: torch.dtype = torch.float32) -> comfy.sd.VAE:
+    """A ComfyUI VAE (SD AutoencoderKL at toy width, 0.37 M parameters) from a random state dict."""
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    params = {"ddconfig": TINY_VAE_DDCONFIG, "embed_dim": 4}
+    module = AutoencoderKL(**params)
+    init_weights(module, seed)
+    return comfy.sd.VAE(sd=module.state_dict(), config={"params": params}, device=CPU, dtype=dtype)
