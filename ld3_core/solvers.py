@@ -119,13 +119,12 @@ class _DeisCoefficients(torch.autograd.Function):
     """DEIS step coefficients: ComfyUI's values forward, a central-difference Jacobian backward."""
 
     @staticmethod
-    def forward(ctx, sigmas, fn, max_order, deis_mode):
-        with torch.no_grad():
-            coeffs = _flatten(fn(sigmas.detach(), max_order, deis_mode=deis_mode))
-        # The Jacobian costs 2 (N+1) more integrations: computed in backward, only when one runs.
+    def forward(ctx, sigmas, coeffs, fn, max_order, deis_mode):
+        # ``coeffs`` are ComfyUI's values for ``sigmas``. The Jacobian costs 2 (N+1) more
+        # integrations: computed in backward, only when one runs.
         ctx.save_for_backward(sigmas.detach())
         ctx.fn, ctx.max_order, ctx.deis_mode = fn, max_order, deis_mode
-        return coeffs.to(sigmas.dtype)
+        return coeffs.to(sigmas.dtype).clone()
 
     @staticmethod
     def backward(ctx, grad_coeffs):
@@ -152,7 +151,7 @@ class _DeisCoefficients(torch.autograd.Function):
         # (ComfyUI computes them, then takes an Euler step), and 0 * inf would make every gradient NaN.
         used = grad_coeffs != 0
         grad = grad_coeffs[used].to(jacobian) @ jacobian[used]
-        return grad.to(sigmas.dtype), None, None, None
+        return grad.to(sigmas.dtype), None, None, None, None
 
 
 def _flatten(coeff_list) -> torch.Tensor:
@@ -167,15 +166,14 @@ class _DeisWithGradients:
         self._deis = deis_module
 
     def get_deis_coeff_list(self, t_steps, max_order, N=10000, deis_mode="tab"):
-        shape = self._deis.get_deis_coeff_list(t_steps.detach(), max_order, N=N, deis_mode=deis_mode)
-        flat = _DeisCoefficients.apply(
-            t_steps,
-            lambda s, o, deis_mode: self._deis.get_deis_coeff_list(s, o, N=N, deis_mode=deis_mode),
-            max_order,
-            deis_mode,
-        )
+        def coefficients(sigmas, order, deis_mode):
+            return self._deis.get_deis_coeff_list(sigmas, order, N=N, deis_mode=deis_mode)
+
+        with torch.no_grad():
+            values = coefficients(t_steps.detach(), max_order, deis_mode)
+        flat = _DeisCoefficients.apply(t_steps, _flatten(values), coefficients, max_order, deis_mode)
         rows, offset = [], 0
-        for row in shape:
+        for row in values:
             rows.append([flat[offset + j].to(t_steps.device) for j in range(len(row))])
             offset += len(row)
         return rows
