@@ -103,6 +103,8 @@ def _checkpointed_apply_model(executor, x, t, *args, **kwargs):
             base_model.model_sampling = current
 
     knot_args = tuple(knots) if knots is not None else ()
+    if not any(arg.requires_grad for arg in (x, t, *knot_args)):
+        return run(x, t, *knot_args)  # nothing here to differentiate (e.g. a call under a frozen schedule)
     return torch.utils.checkpoint.checkpoint(run, x, t, *knot_args, use_reentrant=True)
 
 
