@@ -6,9 +6,11 @@ predicts (so test_workflows.py reads widgets_values right), the values are the f
 app.graphToPrompt() gives exactly the API twin. Screenshots go to test-artifacts/browser/.
 """
 
+import importlib.util
 import json
 import os
 import shutil
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -18,16 +20,21 @@ from workflow_schema import FRONTEND_ONLY, widgets
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+
+def _build_workflows_module():
+    """scripts/build_workflows.py: the one place that knows how to launch chromium for the frontend."""
+    spec = importlib.util.spec_from_file_location(
+        "ld3_build_workflows", PACK_ROOT / "scripts" / "build_workflows.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+_BUILD = _build_workflows_module()
+CHROMIUM = _BUILD.CHROMIUM
+CHROMIUM_FLAGS = _BUILD.CHROMIUM_FLAGS
 ARTIFACTS = PACK_ROOT / "test-artifacts" / "browser"
 APP_READY_MS = 120_000
 
