@@ -49,15 +49,27 @@ def out_of_memory_guard(what: str) -> Iterator[None]:
     )
 
 
-def release_inference_tensors(module: torch.nn.Module) -> int:
-    """Replace inference-mode parameters and buffers by normal clones; returns how many."""
+def weights_as_constants(module: torch.nn.Module) -> int:
+    """Make a module's weights constants for LD3's autograd; returns how many tensors were replaced.
+
+    Inference-mode parameters and buffers (ComfyUI loads models under inference mode) cannot be saved
+    for backward, so they are replaced by normal clones. Every parameter also stops requiring grad:
+    LD3 differentiates with respect to the sampler's inputs only, and a weight that requires grad
+    makes each backward also compute and store its gradient (one more copy of the weights, and about
+    twice the backward's work). ComfyUI never trains these weights, so the change is not undone.
+    """
     replaced = 0
     with torch.inference_mode(False):
         for sub in module.modules():
             for name, param in list(sub._parameters.items()):
-                if param is not None and param.is_inference():
+                if param is None:
+                    continue
+                if param.is_inference():
                     sub._parameters[name] = torch.nn.Parameter(param.clone(), requires_grad=False)
                     replaced += 1
+                elif param.requires_grad:
+                    param.requires_grad_(False)
+                    param.grad = None
             for name, buf in list(sub._buffers.items()):
                 if buf is not None and buf.is_inference():
                     sub._buffers[name] = buf.clone()
@@ -67,7 +79,7 @@ def release_inference_tensors(module: torch.nn.Module) -> int:
 
 def _prepare_sampling_wrapper(executor, model, *args, **kwargs):
     result = executor(model, *args, **kwargs)
-    release_inference_tensors(model.model)
+    weights_as_constants(model.model)
     return result
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.utils.checkpoint
 
-from .comfy_adapter import release_inference_tensors
+from .comfy_adapter import weights_as_constants
 from .errors import LD3InputError
 from .lpips_loss import load_lpips, lpips_distance
 
@@ -41,7 +41,7 @@ class VAEDecoder:
         self.vae = vae
         with torch.inference_mode(False):
             comfy.model_management.load_models_gpu([vae.patcher])
-            release_inference_tensors(vae.first_stage_model)
+            weights_as_constants(vae.first_stage_model)
 
     def _decode(self, latent):
         vae = self.vae

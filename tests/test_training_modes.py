@@ -135,3 +135,24 @@ def test_lpips_needs_a_vae():
     with pytest.raises(LD3InputError) as excinfo:
         make_loss("lpips", vae=None, lpips_weights=str(LPIPS_WEIGHTS))
     assert excinfo.value.input_name == "vae"
+
+
+def test_training_computes_no_weight_gradients(sd15_conds):
+    """LD3 differentiates the sampler's inputs only: no UNet or VAE weight gets a gradient.
+
+    A model built outside inference mode (as this one is) has parameters that require grad; if they
+    kept requiring it, every backward would also compute and store a gradient per weight (a second
+    copy of the weights and about twice the backward's work).
+    """
+    model = tiny_models.build_tiny_sd15(seed=0)
+    vae = tiny_models.build_tiny_vae()
+    weights = [*model.model.parameters(), *vae.first_stage_model.parameters()]
+    assert all(p.requires_grad for p in weights)  # the case under test
+    cond = Conditioning(*sd15_conds, 2.0)
+    teacher = generate_teacher(model, [cond], LATENT, count=4, seed=0, steps=8)
+    loss = make_loss("lpips", vae=vae, lpips_weights=str(LPIPS_WEIGHTS))
+    config = TrainConfig(steps=STEPS, epochs_phase1=1, epochs_phase2=1)
+    result = learn_schedule(model, teacher, [cond], SAMPLER, config, loss)
+    assert result.completed
+    weights = [*model.model.parameters(), *vae.first_stage_model.parameters()]
+    assert all(p.grad is None and not p.requires_grad for p in weights)
