@@ -6,7 +6,9 @@ Everything is a ratio of two figures measured side by side in this one process:
   3.2 x a no-grad VAE decode + LPIPS where the loss is LPIPS);
 - the real trainer's iteration (``api.learn_schedule``, timed through its progress callback);
 - ``generate_teacher`` against ComfyUI's KSampler path (``comfy.sample.sample``) on the same batches;
-- peak allocated memory of one iteration at NFE 4, 6, 8, 10 (torch profiler, CPU allocations).
+- peak allocated memory of one iteration at NFE 4, 6, 8, 10 (torch profiler, CPU allocations);
+- an iteration with frozen weights (what LD3 does) against one whose weights require grad (what it did
+  before ``weights_as_constants`` froze them: every backward also made a gradient per weight).
 """
 
 from __future__ import annotations
@@ -237,9 +239,68 @@ def memory_by_nfe(name: str, sampler: str, loss_kind: str, contrast: bool, batch
     return rows
 
 
+WEIGHT_GRAD_CASES = (("tiny-sd15-eps", "dpmpp_2m", 6, "lpips", 1), ("tiny-flux", "dpmpp_2m", 8, "l2", 1))
+
+
+def weight_grad_contrast(name, sampler, nfe, loss_kind, batch, repeats=5) -> dict:
+    """One iteration with frozen weights against one whose weights require grad, interleaved."""
+    from bench import models
+    from ld3_core import comfy_adapter
+
+    bm = models.build(name)
+    it, _ = _iteration(bm, sampler, nfe, _setup(bm, sampler, loss_kind, batch))
+    freeze = comfy_adapter.weights_as_constants
+    params = list(bm.patcher.model.parameters())
+    if bm.vae is not None:
+        params += list(bm.vae.first_stage_model.parameters())
+
+    def thawed(module):  # the behaviour before the weights were frozen
+        replaced = freeze(module)
+        for p in params:
+            p.requires_grad_(True)
+        return replaced
+
+    def run(frozen: bool) -> tuple[float, int]:
+        comfy_adapter.weights_as_constants = freeze if frozen else thawed
+        try:
+            for p in params:
+                p.grad = None
+                p.requires_grad_(not frozen)
+            it.run()  # warm-up in this mode
+            seconds = statistics.median(it.run()["total"] for _ in range(repeats))
+            for p in params:
+                p.grad = None
+            peak = _profiled_peak(it.run)
+            return seconds, peak
+        finally:
+            comfy_adapter.weights_as_constants = freeze
+            for p in params:
+                p.grad = None
+                p.requires_grad_(False)
+
+    thawed_s, thawed_peak = run(False)
+    frozen_s, frozen_peak = run(True)
+    weight_bytes = sum(p.numel() * p.element_size() for p in params)
+    return {
+        "model": name,
+        "sampler": sampler,
+        "nfe": nfe,
+        "loss": loss_kind,
+        "batch": batch,
+        "weights_bytes": weight_bytes,
+        "frozen_s": frozen_s,
+        "thawed_s": thawed_s,
+        "time_ratio": frozen_s / thawed_s,
+        "frozen_peak_bytes": frozen_peak,
+        "thawed_peak_bytes": thawed_peak,
+        "peak_ratio": frozen_peak / thawed_peak,
+        "repeats": repeats,
+    }
+
+
 def run_all(log=print) -> dict:
     """The whole CPU cost + memory suite (single process; run it before the parallel quality jobs)."""
-    out = {"iterations": [], "teacher": [], "memory": []}
+    out = {"iterations": [], "teacher": [], "memory": [], "weight_grads": []}
     for case in COST_CASES:
         log(f"cost: iteration {case}")
         out["iterations"].append(iteration_cost(*case))
@@ -249,4 +310,7 @@ def run_all(log=print) -> dict:
     for name, sampler, loss_kind, contrast in MEMORY_CASES:
         log(f"memory: {name}")
         out["memory"] += memory_by_nfe(name, sampler, loss_kind, contrast)
+    for case in WEIGHT_GRAD_CASES:
+        log(f"cost: frozen against gradient-requiring weights {case}")
+        out["weight_grads"].append(weight_grad_contrast(*case))
     return out

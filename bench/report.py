@@ -306,6 +306,22 @@ def render(run_info: dict | None = None) -> str:
             lines.append(
                 f"| {t['model']} | {t['count']} x {t['steps']} (batch {t['batch']}) | {_fmt(t['teacher_over_stock'])} |"
             )
+        if cost.get("weight_grads"):
+            lines += [
+                "",
+                "Frozen weights against weights that require grad, one iteration each, interleaved in one process",
+                "(before `weights_as_constants` froze them, a model built outside inference mode, such as every",
+                "benchmark model here and on the GPU, had each backward also compute and keep a gradient per",
+                "weight; models ComfyUI loads under inference mode were already frozen by the clone):",
+                "",
+                "| model | loss | NFE | weights MiB | iteration time, frozen / requiring grad | peak memory, frozen / requiring grad |",
+                "|---|---|---|---|---|---|",
+            ]
+            for w in cost["weight_grads"]:
+                lines.append(
+                    f"| {w['model']} | {w['loss']} | {w['nfe']} | {w['weights_bytes'] / 2**20:.2f} "
+                    f"| {_fmt(w['time_ratio'])} | {_fmt(w['peak_ratio'])} |"
+                )
         lines += [
             "",
             "## Memory (CPU)",
@@ -328,6 +344,9 @@ def render(run_info: dict | None = None) -> str:
     lines += ["## GPU", ""]
     if gpu:
         lines += gpu.get("markdown", [])
+        addenda = env.BENCH_DIR / "results" / "gpu_addenda.md"
+        if addenda.is_file():
+            lines += ["", addenda.read_text().rstrip()]
     else:
         lines += [
             "No GPU results (bench/results/gpu.json is missing): run `python bench/gpu.py` on a CUDA machine."
