@@ -17,15 +17,23 @@ LOSSES = ("lpips", "l2")
 
 
 class L2Loss:
-    """Mean squared error per sample in latent space, over every non-batch dimension (any shape)."""
+    """Root-mean-square distance per sample in latent space, over every non-batch dimension (any shape).
+
+    A distance, not a squared distance, like LPIPS: a sample that lands in another mode is ~10x as far
+    from its teacher as a typical one, so squared it would weigh ~100x and one such sample would decide
+    the mean loss, its gradient and the best-by-validation choice. It is also the per-sample RMSE that
+    LD3 Compare Sigmas and the benchmarks report.
+    """
 
     name = "l2"
+    eps = 1e-12  # keeps the gradient finite where the student lands exactly on the teacher
 
     def prepare(self, targets: torch.Tensor) -> torch.Tensor:
         return targets
 
     def __call__(self, out: torch.Tensor, prepared: torch.Tensor) -> torch.Tensor:
-        return (out.float() - prepared.to(out.device, torch.float32)).pow(2).flatten(1).mean(1)
+        diff = out.float() - prepared.to(out.device, torch.float32)
+        return (diff.pow(2).flatten(1).mean(1) + self.eps).sqrt()
 
 
 class VAEDecoder:

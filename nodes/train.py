@@ -62,8 +62,8 @@ class LD3TrainSigmas(io.ComfyNode):
                     "loss",
                     options=list(LOSSES),
                     default="lpips",
-                    tooltip="lpips: perceptual distance of decoded images (paper; needs the VAE). l2: squared "
-                    "error in latent space (no VAE, faster, usually worse).",
+                    tooltip="lpips: perceptual distance of decoded images (paper; needs the VAE). l2: root-mean-"
+                    "square distance in latent space (no VAE, faster, usually worse).",
                 ),
                 io.Float.Input(
                     "soft_gamma",
