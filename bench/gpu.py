@@ -426,14 +426,14 @@ def run_part(
     epochs_total = epochs[0] + epochs[1]
     iters = epochs_total * n_train
     # FLOPs the recipe must do (TFLOP): teacher; the loss's one-off decode of the teacher endpoints;
-    # candidate evaluation (no grad); training iterations and soft validation (forward, recompute and
-    # input-only backward: 3.2 forwards); VAE decode + LPIPS inside each of those where it applies.
+    # candidate evaluation and the per-epoch hard validation (no grad: 1 forward); training iterations
+    # (forward, recompute and input-only backward: 3.2 forwards); VAE decode + LPIPS inside each.
     tflop = {
         "teacher": samples * 10 * call_tflop,
         "prepare_targets": samples * loss_tflop,
         "candidates": n_cand * n_val * (nfe * call_tflop + loss_tflop),
         "training": iters * FLOOR_PER_NFE * (nfe * call_tflop + loss_tflop),
-        "validation": epochs_total * n_val * FLOOR_PER_NFE * (nfe * call_tflop + loss_tflop),
+        "validation": epochs_total * n_val * (nfe * call_tflop + loss_tflop),
     }
     total_tflop = sum(tflop.values())
     total_s = teacher_s + train_s
@@ -633,8 +633,9 @@ def _floor_words() -> str:
     return (
         f"SD1.5 UNet {SD15_UNET_TFLOP} TFLOP per forward and sample, x2 for CFG; SD VAE decode "
         f"{SD_VAE_DECODE_TFLOP} TFLOP at 512^2; Flux-dev {FLUX_TFLOP} TFLOP per forward at 1024^2; "
-        f"teacher 10 NFE; candidates and validation as the trainer runs them; training and soft "
-        f"validation at {FLOOR_PER_NFE} forwards per NFE"
+        f"teacher 10 NFE; candidates and the hard validation as the trainer runs them (no grad); training "
+        f"at {FLOOR_PER_NFE} forwards per NFE. GPU runs before the soft-validation pass was dropped counted it "
+        f"at {FLOOR_PER_NFE} forwards per NFE too"
     )
 
 
