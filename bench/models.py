@@ -6,7 +6,6 @@ Import after ``bench.env.bootstrap()``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -127,17 +126,7 @@ def used_nfe(sampler: str, steps: int) -> int:
 
 
 def extra_schedules(model: BenchModel, steps: int) -> dict[str, torch.Tensor]:
-    """AYS / GITS (SD1.x sigmas) or OptimalSteps (Flux), computed by ComfyUI's own scheduler nodes."""
-    out = {}
-    if model.family == "sd1":
-        from comfy_extras.nodes_align_your_steps import AlignYourStepsScheduler
-        from comfy_extras.nodes_gits import GITSScheduler
+    """AYS / GITS / OptimalSteps where their tables fit the model: the same set LD3 starts from."""
+    from ld3_core.api import extra_schedules as fitting
 
-        out["ays"] = AlignYourStepsScheduler.execute("SD1", steps, 1.0).result[0]
-        out["gits"] = GITSScheduler.execute(1.20, steps, 1.0).result[0]
-    else:
-        from comfy_extras.nodes_optimalsteps import OptimalStepsScheduler
-
-        if steps >= 3:
-            out["optimal_steps"] = OptimalStepsScheduler.execute("FLUX", steps, 1.0).result[0]
-    return {k: v.float() for k, v in out.items() if v.numel() == steps + 1 and math.isfinite(float(v.sum()))}
+    return fitting(model.patcher, steps)

@@ -119,9 +119,9 @@ def _plots(records, cells, cost) -> list[str]:
                 "exponential",
                 "kl_optimal",
                 "simple",
-                "ays",
+                "ays_sd1",
                 "gits",
-                "optimal_steps",
+                "optimal_steps_flux",
             ):
                 series.setdefault(r["method"], []).append((r["nfe"], r["error_mean"]))
         best = [(c["nfe"], c["best_error"]) for c in model_cells if c["sampler"] == "dpmpp_2m"]
@@ -432,7 +432,7 @@ def _builtin_table(records) -> list[str]:
     lines += [
         "",
         "n/a: the scheduler gives another step count than asked for (ddim_uniform at some NFE) "
-        "or does not apply to the model family (AYS/GITS: SD1 sigmas; OptimalSteps: Flux).",
+        "or its table does not fit the model (AYS / GITS start at SD's sigma_max, OptimalSteps at flow's 1.0).",
         "",
     ]
     return lines
@@ -450,7 +450,8 @@ QUALITY_NOTES = [
     "LD3-patched MODEL (`api.sample_with_schedule`); built-ins with the stock sampler on the plain MODEL.",
     "ratio = LD3 / best built-in in the same cell (mean RMSE); median ratio = the same with the median",
     "per-sample RMSE (each side's best). Built-ins: every ComfyUI scheduler that gives the asked step count,",
-    "plus AYS and GITS (ComfyUI's nodes, SD1 sigmas) on EPS models and OptimalSteps (FLUX) on flow models.",
+    "plus ComfyUI's AYS (SD1, SDXL), GITS and OptimalSteps (FLUX, Wan, Chroma) nodes where their tables fit",
+    "the model (start within 1% of its sigma_max): the same set the trainer picks its starting schedule from.",
     "Mode flips (mixtures): the share of held-out samples whose endpoint lies nearest another component's",
     "mean than the exact endpoint does. A flip costs ~1 RMSE against ~0.01-0.1 otherwise, so a few flips",
     "decide the mean RMSE, the L2 training loss and the trainer's validation-based choices (initial",

@@ -44,6 +44,49 @@ def builtin_schedules(model_patcher, steps: int, sampler: str) -> dict[str, torc
     return schedules
 
 
+# ComfyUI's scheduler nodes with fixed tables (comfy_extras): name -> (module, class, positional args).
+EXTRA_SCHEDULERS = {
+    "ays_sd1": ("comfy_extras.nodes_align_your_steps", "AlignYourStepsScheduler", ("SD1",)),
+    "ays_sdxl": ("comfy_extras.nodes_align_your_steps", "AlignYourStepsScheduler", ("SDXL",)),
+    "ays_svd": ("comfy_extras.nodes_align_your_steps", "AlignYourStepsScheduler", ("SVD",)),
+    "gits": ("comfy_extras.nodes_gits", "GITSScheduler", (1.20,)),
+    "optimal_steps_flux": ("comfy_extras.nodes_optimalsteps", "OptimalStepsScheduler", ("FLUX",)),
+    "optimal_steps_wan": ("comfy_extras.nodes_optimalsteps", "OptimalStepsScheduler", ("Wan",)),
+    "optimal_steps_chroma": ("comfy_extras.nodes_optimalsteps", "OptimalStepsScheduler", ("Chroma",)),
+}
+
+
+def extra_schedules(model_patcher, steps: int) -> dict[str, torch.Tensor]:
+    """AYS, GITS and OptimalSteps (ComfyUI's own scheduler nodes), where they fit the model.
+
+    Their tables are made for one model family each; a table fits when it starts within 1% of the
+    model's own sigma_max (so SD1/SDXL tables serve SD-range models, the flow tables flow models).
+    """
+    import importlib
+
+    sigma_max = float(model_patcher.get_model_object("model_sampling").sigma_max)
+    schedules = {}
+    for name, (module, cls, args) in EXTRA_SCHEDULERS.items():
+        try:
+            node = getattr(importlib.import_module(module), cls)
+            sigmas = node.execute(*args, steps, 1.0).result[0].float().cpu()
+        except Exception:  # a ComfyUI without that node, or a table that cannot give this step count
+            continue
+        if (
+            sigmas.numel() == steps + 1
+            and bool((sigmas[:-1] > sigmas[1:]).all())
+            and float(sigmas[-1]) == 0
+            and abs(float(sigmas[0]) / sigma_max - 1) < 0.01
+        ):
+            schedules[name] = sigmas
+    return schedules
+
+
+def candidate_schedules(model_patcher, steps: int, sampler: str) -> dict[str, torch.Tensor]:
+    """Every schedule LD3 can start from: ComfyUI's schedulers and the fitting AYS/GITS/OptimalSteps."""
+    return {**builtin_schedules(model_patcher, steps, sampler), **extra_schedules(model_patcher, steps)}
+
+
 def check_teacher(teacher: TeacherData, model_patcher) -> None:
     """Refuse teacher data made with another model or latent shape than the one given."""
     made_with = teacher.info.get("model", {})
@@ -67,7 +110,7 @@ def learn_schedule(
     on_progress: Callable[[Progress], None] | None = None,
     on_best: Callable[[TrainResult], None] | None = None,
 ) -> TrainResult:
-    """LD3 for one model + sampler + step count, initialised from the best built-in schedule."""
+    """LD3 for one model + sampler + step count, started from the best of ``candidate_schedules``."""
     check_sampler(sampler)
     check_steps(config.steps)
     check_teacher(teacher, model_patcher)
@@ -76,7 +119,7 @@ def learn_schedule(
     def run_student(noise, prompt, step_sigmas, eval_sigmas):
         return student(noise, conditionings[prompt], step_sigmas, eval_sigmas)
 
-    candidates = builtin_schedules(model_patcher, config.steps, sampler)
+    candidates = candidate_schedules(model_patcher, config.steps, sampler)
     # ComfyUI runs every prompt under inference mode: training needs autograd back.
     with (
         out_of_memory_guard(f"training the {sampler} schedule"),

@@ -3,7 +3,7 @@
 import torch
 from comfy_api.latest import io
 
-from ..ld3_core.api import builtin_schedules, check_teacher, heldout_errors
+from ..ld3_core.api import candidate_schedules, check_teacher, heldout_errors
 from ..ld3_core.model_patch import learned_schedule
 from ..ld3_core.plot import line_plot, table_image
 from ..ld3_core.solvers import SUPPORTED_SAMPLERS
@@ -49,7 +49,8 @@ class LD3CompareSigmas(io.ComfyNode):
                 io.Boolean.Input(
                     "include_builtin",
                     default=True,
-                    tooltip="Also evaluate every ComfyUI scheduler at the step count of 'sigmas'.",
+                    tooltip="Also evaluate every ComfyUI scheduler at the step count of 'sigmas', and AYS / GITS / "
+                    "OptimalSteps where their tables fit the model.",
                 ),
             ],
             outputs=[
@@ -85,7 +86,7 @@ class LD3CompareSigmas(io.ComfyNode):
         steps = sigmas.numel() - 1
         builtin_names = []
         if include_builtin:
-            for name, value in builtin_schedules(model, steps, sampler_name).items():
+            for name, value in candidate_schedules(model, steps, sampler_name).items():
                 schedules[name] = (value, None)
                 builtin_names.append(name)
         # One schedule at a time: progress on the node, and Cancel is honoured between schedules.

@@ -4,7 +4,7 @@ import logging
 
 from comfy_api.latest import io
 
-from ..ld3_core.api import builtin_schedules, check_teacher, learn_schedule
+from ..ld3_core.api import candidate_schedules, check_teacher, learn_schedule
 from ..ld3_core.errors import LD3InputError
 from ..ld3_core.identity import model_identity
 from ..ld3_core.losses import LOSSES, make_loss
@@ -35,7 +35,8 @@ class LD3TrainSigmas(io.ComfyNode):
             category="LD3",
             description=(
                 "Learns where a few-step sampler should evaluate your model (LD3, arXiv 2405.15506): starts "
-                "from the best built-in scheduler and trains the step sigmas, plus the times the network "
+                "from the best built-in scheduler (ComfyUI's, plus AYS / GITS / OptimalSteps where they fit the "
+                "model) and trains the step sigmas, plus the times the network "
                 "sees (decoupled), so the student lands where the teacher does. The best schedule so far is "
                 "saved to models/ld3/<schedule_name>.safetensors whenever it improves, so Cancel keeps it. "
                 "Outputs the SIGMAS, a MODEL carrying the schedule (use it with the 'ld3' scheduler or "
@@ -201,7 +202,7 @@ class LD3TrainSigmas(io.ComfyNode):
         saver(result)  # once more, now marked "completed"
         logging.info("LD3: schedule saved to %s", path)
         patched = patch_model(model, result.step_sigmas, result.eval_sigmas, sampler_name)
-        candidates = builtin_schedules(model, steps, sampler_name)
+        candidates = candidate_schedules(model, steps, sampler_name)
         plot = stack_images([_loss_plot(result, loss), _schedule_plot(result, candidates, decoupled_times)])
         return io.NodeOutput(result.step_sigmas.clone(), patched, plot)
 
