@@ -9,7 +9,7 @@ import torch
 
 from .comfy_adapter import Conditioning, out_of_memory_guard, sample_stock
 from .errors import LD3InputError
-from .identity import model_identity
+from .identity import conditioning_sketch, model_identity
 
 
 @dataclass(frozen=True)
@@ -109,5 +109,10 @@ def generate_teacher(
         "seed": seed,
         "prompts": len(conditionings),
         "cfg": [c.cfg for c in conditionings],
+        # Fingerprints of the prompts, so a reloaded teacher can be checked against the prompts given.
+        "conditioning": {
+            "positive": [conditioning_sketch(c.positive) for c in conditionings],
+            "negative": [conditioning_sketch(c.negative) for c in conditionings],
+        },
     }
     return TeacherData(noise, targets, prompt_index, is_validation, info)

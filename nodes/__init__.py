@@ -9,13 +9,14 @@ from .compare import LD3CompareSigmas
 from .demo import LD3DemoModel
 from .load import LD3LoadSigmas
 from .schedule_tools import LD3LogLinearResample
-from .teacher import LD3GenerateTeacher
+from .teacher import LD3GenerateTeacher, LD3LoadTeacher
 from .train import LD3TrainSigmas
 
 register_pack()
 
 NODE_CLASSES: list = [
     LD3GenerateTeacher,
+    LD3LoadTeacher,
     LD3TrainSigmas,
     LD3LoadSigmas,
     LD3CompareSigmas,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -13,19 +12,17 @@ import comfy.utils
 import folder_paths
 import torch
 from comfy_api.latest import io
-from safetensors.torch import save as safetensors_save
 
 from ..ld3_core.comfy_adapter import Conditioning
 from ..ld3_core.schedule_file import atomic_write, default_versions
 from ..ld3_core.scheduler import register_ld3_scheduler
 from ..ld3_core.teacher import TeacherData
+from ..ld3_core.teacher_file import teacher_file_bytes
 
 SCHEDULE_FOLDER = "ld3"  # models/ld3: learned schedule files
 LPIPS_FOLDER = "lpips"  # models/lpips: alexnet.safetensors for the LPIPS loss, if present
 LPIPS_WEIGHTS = "alexnet.safetensors"
 TEACHER_SUBFOLDER = "ld3"  # output/ld3: teacher data written by LD3 Generate Teacher
-TEACHER_FORMAT = "ld3-teacher"
-TEACHER_FORMAT_VERSION = 1
 PACK_ROOT = Path(__file__).resolve().parents[1]
 
 # The custom io type that carries teacher data from LD3 Generate Teacher to training and comparison.
@@ -114,19 +111,25 @@ def _listdir(directory: Path) -> list[str]:
         return []
 
 
+def teacher_dir() -> Path:
+    """Where LD3 Generate Teacher saves and LD3 Load Teacher reads: output/ld3."""
+    return Path(folder_paths.get_output_directory()) / TEACHER_SUBFOLDER
+
+
+def teacher_files() -> list[str]:
+    """Teacher files in output/ld3, newest first (the one just generated is the default)."""
+    try:
+        entries = [e for e in os.scandir(teacher_dir()) if e.is_file() and e.name.endswith(".safetensors")]
+    except FileNotFoundError:
+        return []
+    return [e.name for e in sorted(entries, key=lambda e: (-e.stat().st_mtime, e.name))]
+
+
 def save_teacher_file(teacher: TeacherData, name: str) -> Path:
     """Save teacher tensors + JSON info as output/ld3/<name>_<counter>.safetensors (atomically)."""
     stem = name[: -len(".safetensors")] if name.lower().endswith(".safetensors") else name
-    path = next_numbered_path(Path(folder_paths.get_output_directory()) / TEACHER_SUBFOLDER, stem)
-    tensors = {
-        "noise": teacher.noise.contiguous(),
-        "targets": teacher.targets.contiguous(),
-        "prompt_index": teacher.prompt_index.contiguous(),
-        "is_validation": teacher.is_validation.contiguous(),
-    }
-    info = {"format": TEACHER_FORMAT, "format_version": TEACHER_FORMAT_VERSION, "versions": versions()}
-    info.update(teacher.info)
-    atomic_write(path, safetensors_save(tensors, metadata={"ld3_teacher": json.dumps(info)}))
+    path = next_numbered_path(teacher_dir(), stem)
+    atomic_write(path, teacher_file_bytes(teacher, versions()))
     return path
 
 

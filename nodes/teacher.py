@@ -1,15 +1,18 @@
 """LD3 Generate Teacher: teacher pairs (x_T, Psi*(x_T)) from the stock sampler with many steps (paper Sec. 3.1)."""
 
 import logging
+from pathlib import Path
 
 import comfy.sample
 import comfy.samplers
 from comfy_api.latest import io
 
 from ..ld3_core.comfy_adapter import Conditioning
+from ..ld3_core.errors import LD3InputError
 from ..ld3_core.schedule_file import validate_schedule_name
 from ..ld3_core.teacher import generate_teacher
-from ._common import NodeProgress, Teacher, TeacherBundle, save_teacher_file
+from ..ld3_core.teacher_file import check_prompts, parse_teacher_bytes
+from ._common import NodeProgress, Teacher, TeacherBundle, save_teacher_file, teacher_dir, teacher_files
 
 EXTRA_PROMPTS = ("positive_2", "positive_3", "positive_4")
 
@@ -147,4 +150,61 @@ class LD3GenerateTeacher(io.ComfyNode):
         )
         path = save_teacher_file(data, name)
         logging.info("LD3: teacher data (%d samples) saved to %s", sample_count, path)
+        return io.NodeOutput(TeacherBundle(data, conditionings))
+
+
+class LD3LoadTeacher(io.ComfyNode):
+    """Teacher data saved by LD3 Generate Teacher, back as an LD3_TEACHER for more trainings."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LD3LoadTeacher",
+            display_name="LD3 Load Teacher",
+            category="LD3",
+            description=(
+                "Loads teacher data saved by LD3 Generate Teacher (output/ld3/), so the teacher samples serve "
+                "more trainings (another sampler or step count) and survive a failed or cancelled training. "
+                "Connect the same prompts as when it was generated: they are checked against the file. The "
+                "model is checked when training starts."
+            ),
+            inputs=[
+                io.Combo.Input(
+                    "teacher_file",
+                    options=teacher_files(),
+                    tooltip="A teacher file in output/ld3/ (newest first), saved by LD3 Generate Teacher.",
+                ),
+                io.Conditioning.Input("positive", tooltip="The first prompt the teacher was generated with."),
+                io.Conditioning.Input("negative", tooltip="The negative conditioning it was generated with."),
+                io.Conditioning.Input(
+                    "positive_2", optional=True, tooltip="Its second prompt, if it had one."
+                ),
+                io.Conditioning.Input(
+                    "positive_3", optional=True, tooltip="Its third prompt, if it had one."
+                ),
+                io.Conditioning.Input(
+                    "positive_4", optional=True, tooltip="Its fourth prompt, if it had one."
+                ),
+            ],
+            outputs=[Teacher.Output(display_name="teacher", tooltip="Teacher data for LD3 Train Sigmas.")],
+        )
+
+    @classmethod
+    def execute(
+        cls, teacher_file: str, positive, negative, positive_2=None, positive_3=None, positive_4=None
+    ) -> io.NodeOutput:
+        path = teacher_dir() / teacher_file
+        if Path(teacher_file).name != teacher_file or not path.is_file():
+            raise LD3InputError(
+                "teacher_file",
+                f"no teacher file '{teacher_file}' in {teacher_dir()}",
+                "Choose a file from the list (refresh it with R), or run LD3 Generate Teacher",
+            )
+        data = parse_teacher_bytes(path.read_bytes(), name=teacher_file)
+        prompts = [positive] + [p for p in (positive_2, positive_3, positive_4) if p is not None]
+        check_prompts(data, prompts, negative)
+        conditionings = tuple(
+            Conditioning(p, negative, float(cfg)) for p, cfg in zip(prompts, data.info["cfg"], strict=True)
+        )
+        logging.info("LD3: teacher data (%d samples) loaded from %s", len(data.noise), path)
         return io.NodeOutput(TeacherBundle(data, conditionings))

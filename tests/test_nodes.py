@@ -241,6 +241,57 @@ def test_pipeline_trains_saves_compares_and_samples(comfy_server, schedule_names
 
 
 @pytest.mark.server
+def test_saved_teacher_loads_and_trains_again(comfy_server, schedule_names):
+    """LD3 Load Teacher: a saved teacher trains a second schedule; the prompts given are checked."""
+    first = schedule_names("teacher_first")
+    teacher_name = f"test_nodes_load_{uuid.uuid4().hex[:8]}"
+    graph = demo_nodes()
+    graph["teacher"] = teacher_node(name=teacher_name)
+    graph["train"] = train_node(first)
+    graph["show"] = {"class_type": "PreviewAny", "inputs": {"source": ["train", 0]}}
+    comfy_server.run_prompt(graph)
+    saved = sorted((comfy_server.output_dir / "ld3").glob(f"{teacher_name}_*.safetensors"))
+    assert len(saved) == 1
+    try:
+        # The file is offered by the node (newest first), and it trains without the teacher's sampling.
+        inputs = comfy_server.get_json("/object_info/LD3LoadTeacher")["LD3LoadTeacher"]["input"]["required"]
+        kind, spec = inputs["teacher_file"]
+        assert kind == "COMBO" and spec["options"][0] == saved[0].name
+
+        second = schedule_names("teacher_second")
+        graph = demo_nodes()
+        graph["teacher"] = {
+            "class_type": "LD3LoadTeacher",
+            "inputs": {"teacher_file": saved[0].name, "positive": ["demo", 1], "negative": ["demo", 2]},
+        }
+        graph["train"] = train_node(second, steps=STEPS + 1)
+        graph["show"] = {"class_type": "PreviewAny", "inputs": {"source": ["train", 0]}}
+        comfy_server.run_prompt(graph)
+        assert (SCHEDULE_DIR / f"{second}.safetensors").is_file()
+
+        # One prompt more than the teacher was made with: refused, naming the input.
+        graph["teacher"]["inputs"]["positive_2"] = ["demo", 1]
+        _, entry = queue(comfy_server, graph)
+        error = error_of(entry)
+        assert error["exception_message"].startswith("positive_2: the teacher was made with 1 prompt(s)")
+        # A different model: refused when training starts.
+        graph = demo_nodes(seed=5)
+        graph["teacher"] = {
+            "class_type": "LD3LoadTeacher",
+            "inputs": {"teacher_file": saved[0].name, "positive": ["demo", 1], "negative": ["demo", 2]},
+        }
+        graph["train"] = train_node(schedule_names("teacher_other_model"))
+        graph["show"] = {"class_type": "PreviewAny", "inputs": {"source": ["train", 0]}}
+        _, entry = queue(comfy_server, graph)
+        assert error_of(entry)["exception_message"].startswith(
+            "teacher: the teacher data was made with model"
+        )
+    finally:
+        for path in saved:
+            path.unlink(missing_ok=True)
+
+
+@pytest.mark.server
 def test_flow_model_trains(comfy_server, schedule_names):
     """The rectified-flow demo model (continuous time) goes through teacher and training too."""
     from ld3_core.schedule_file import load_schedule
@@ -531,6 +582,7 @@ def test_published_node_ids_and_inputs(ld3_node_classes):
             "vae",
         ],
         "LD3LoadSigmas": ["model", "schedule_file", "sampler_name", "steps"],
+        "LD3LoadTeacher": ["teacher_file", "positive", "negative", "positive_2", "positive_3", "positive_4"],
         "LD3CompareSigmas": [
             "model",
             "teacher",
