@@ -454,8 +454,7 @@ QUALITY_NOTES = [
     "the model (start within 1% of its sigma_max): the same set the trainer picks its starting schedule from.",
     "Mode flips (mixtures): the share of held-out samples whose endpoint lies nearest another component's",
     "mean than the exact endpoint does. A flip costs ~1 RMSE against ~0.01-0.1 otherwise, so a few flips",
-    "decide the mean RMSE, the L2 training loss and the trainer's validation-based choices (initial",
-    "schedule, best epoch); the median shows the typical sample.",
+    "decide the mean RMSE; the median shows the typical sample.",
     "LD3 init: stock -> patched = the schedule the trainer started from, with the stock sampler and through",
     "the LD3 patch: on SD1.x-type models the patch evaluates the network at the exact sigma (ComfyUI rounds",
     "to its 1000-step grid), which alone changes the error; the learned schedule's own gain is LD3 / patched.",
@@ -463,9 +462,10 @@ QUALITY_NOTES = [
     "(gamma 0), decoupled times kept; `lpips` = LPIPS through a random tiny SD VAE. Heun spends two calls a",
     "step except the last: its NFE column gives the budget and the calls used (NFE 5 and 6 both give 3 steps).",
     "Reading the tables: the trainer picks its initial schedule and its best epoch by the L2 validation",
-    "loss, and one or two validation samples that land in another mode (a flip costs ~100x the squared",
-    "error of a typical sample) can make it prefer a schedule that is worse for every other sample; the",
-    "'per seed' column shows where a single seed's teacher set did this.",
+    "loss (per-sample RMSE, so a flip weighs ~10x a typical sample; when it was the squared error, ~100x,",
+    "a single flipping validation sample could make every training of a seed end 4-50x worse). A schedule",
+    "that is better for most samples can still flip a few held-out samples that no training or validation",
+    "sample resembled: then 'median ratio' is well under 1 while 'ratio' is over 1.",
 ]
 COST_NOTES = [
     "One phase-2 iteration (step logits, decoupled offsets and x'_T all learning) run by",
