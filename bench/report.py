@@ -222,7 +222,10 @@ def render(run_info: dict | None = None) -> str:
         for item in gpu.get("targets", []):
             lines.append(f"| {item['target']} | {item['measured']} | {_met(item['ok'])} |")
         if (env.RESULTS_DIR / "gpu_addenda.md").is_file():
-            lines += ["", "GPU rows: from the last GPU run; the GPU section's addenda say what changed since."]
+            lines += [
+                "",
+                "GPU rows: from the last GPU run; the GPU section's addenda say what changed since.",
+            ]
     else:
         lines.append(
             "| GPU recipe (SD1.5 within 2 x floor) | no GPU results in bench/results/gpu.json | not measured |"
