@@ -17,6 +17,16 @@ from ._common import NodeProgress, Teacher, TeacherBundle, save_teacher_file, te
 EXTRA_PROMPTS = ("positive_2", "positive_3", "positive_4")
 
 
+def _extra_prompt_inputs(tooltip: str) -> list:
+    """The optional positive_2 .. positive_4 inputs (prompts are used round-robin)."""
+    return [io.Conditioning.Input(name, optional=True, tooltip=tooltip) for name in EXTRA_PROMPTS]
+
+
+def _prompts(positive, *extra) -> list:
+    """The connected prompts in input order (unconnected optional inputs arrive as None)."""
+    return [positive] + [p for p in extra if p is not None]
+
+
 class LD3GenerateTeacher(io.ComfyNode):
     """Sample the model with a strong solver at many steps: the targets LD3 learns to reach in few steps."""
 
@@ -99,15 +109,7 @@ class LD3GenerateTeacher(io.ComfyNode):
                     default="ld3_teacher",
                     tooltip="File name of the saved teacher data (output/ld3/<name>_<counter>.safetensors).",
                 ),
-                io.Conditioning.Input(
-                    "positive_2", optional=True, tooltip="Another prompt (shares the negative)."
-                ),
-                io.Conditioning.Input(
-                    "positive_3", optional=True, tooltip="Another prompt (shares the negative)."
-                ),
-                io.Conditioning.Input(
-                    "positive_4", optional=True, tooltip="Another prompt (shares the negative)."
-                ),
+                *_extra_prompt_inputs("Another prompt (shares the negative)."),
             ],
             outputs=[Teacher.Output(display_name="teacher", tooltip="Teacher data for LD3 Train Sigmas.")],
         )
@@ -132,7 +134,7 @@ class LD3GenerateTeacher(io.ComfyNode):
         positive_4=None,
     ) -> io.NodeOutput:
         validate_schedule_name(name, "name")
-        prompts = [positive] + [p for p in (positive_2, positive_3, positive_4) if p is not None]
+        prompts = _prompts(positive, positive_2, positive_3, positive_4)
         conditionings = tuple(Conditioning(p, negative, cfg) for p in prompts)
         # As KSampler does: an empty 4-channel latent becomes the model's own channel count / rank.
         latent_shape = tuple(comfy.sample.fix_empty_latent_channels(model, latent["samples"]).shape[1:])
@@ -176,15 +178,7 @@ class LD3LoadTeacher(io.ComfyNode):
                 ),
                 io.Conditioning.Input("positive", tooltip="The first prompt the teacher was generated with."),
                 io.Conditioning.Input("negative", tooltip="The negative conditioning it was generated with."),
-                io.Conditioning.Input(
-                    "positive_2", optional=True, tooltip="Its second prompt, if it had one."
-                ),
-                io.Conditioning.Input(
-                    "positive_3", optional=True, tooltip="Its third prompt, if it had one."
-                ),
-                io.Conditioning.Input(
-                    "positive_4", optional=True, tooltip="Its fourth prompt, if it had one."
-                ),
+                *_extra_prompt_inputs("Another prompt it was generated with, in the same order."),
             ],
             outputs=[Teacher.Output(display_name="teacher", tooltip="Teacher data for LD3 Train Sigmas.")],
         )
@@ -201,7 +195,7 @@ class LD3LoadTeacher(io.ComfyNode):
                 "Choose a file from the list (refresh it with R), or run LD3 Generate Teacher",
             )
         data = parse_teacher_bytes(path.read_bytes(), name=teacher_file)
-        prompts = [positive] + [p for p in (positive_2, positive_3, positive_4) if p is not None]
+        prompts = _prompts(positive, positive_2, positive_3, positive_4)
         check_prompts(data, prompts, negative)
         conditionings = tuple(
             Conditioning(p, negative, float(cfg)) for p, cfg in zip(prompts, data.info["cfg"], strict=True)
