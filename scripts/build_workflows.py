@@ -51,6 +51,9 @@ FLUX_VAE = "ae.safetensors"
 SD15_SAMPLER, SD15_STEPS = "dpmpp_2m", 6
 FLUX_SAMPLER, FLUX_STEPS = "euler", 6
 SD15_SCHEDULE = f"ld3_sd15_{SD15_SAMPLER}_{SD15_STEPS}steps"
+SD15_TEACHER = "ld3_sd15_teacher"  # LD3 Generate Teacher saves output/ld3/<name>_<counter>.safetensors
+SD15_RETRAIN_STEPS = 4
+SD15_RETRAIN_SCHEDULE = f"ld3_sd15_{SD15_SAMPLER}_{SD15_RETRAIN_STEPS}steps"
 FLUX_SCHEDULE = f"ld3_flux_{FLUX_SAMPLER}_{FLUX_STEPS}steps"
 SEED = 42
 SD15_POSITIVE = "a photograph of a lighthouse on a rocky coast at sunset, dramatic clouds, detailed"
@@ -146,7 +149,7 @@ def sd15_train() -> Workflow:
                 "scheduler": "karras",
                 "steps": 20,
                 "batch_size": 4,
-                "name": "ld3_sd15_teacher",
+                "name": SD15_TEACHER,
             },
         ),
         Node(
@@ -432,6 +435,85 @@ def sd15_use_saved() -> Workflow:
     return Workflow("ld3_sd15_use_saved", nodes + more_nodes, links + more_links, columns)
 
 
+def sd15_retrain() -> Workflow:
+    nodes = [
+        _note(
+            "note",
+            "Learn another SD1.x schedule from the teacher that ld3_sd15_train.json saved, without "
+            "sampling the teacher again: here 4 steps instead of 6.\n\n"
+            f"LD3 Load Teacher reads output/ld3/{SD15_TEACHER}_00001.safetensors (pick yours in the list). "
+            "Connect the same checkpoint and the same prompts, in the same order, as when it was generated: "
+            "the prompts are checked against the file, the model when training starts. The teacher's CFG "
+            "comes from the file. LD3 Train Sigmas then saves models/ld3/"
+            f"{SD15_RETRAIN_SCHEDULE}.safetensors; the KSampler samples with it through the 'ld3' scheduler.",
+        ),
+        Node("ckpt", "CheckpointLoaderSimple", {"ckpt_name": SD15_CHECKPOINT}),
+        Node("latent", "EmptyLatentImage", {"width": 512, "height": 512, "batch_size": 1}),
+        Node("pos", "CLIPTextEncode", {"text": SD15_POSITIVE}, title="Prompt 1", size=(400, 140)),
+        Node("pos2", "CLIPTextEncode", {"text": SD15_POSITIVE_2}, title="Prompt 2", size=(400, 140)),
+        Node("neg", "CLIPTextEncode", {"text": SD15_NEGATIVE}, title="Negative", size=(400, 110)),
+        Node("teacher", "LD3LoadTeacher", {"teacher_file": f"{SD15_TEACHER}_00001.safetensors"}),
+        Node(
+            "train",
+            "LD3TrainSigmas",
+            {
+                "sampler_name": SD15_SAMPLER,
+                "steps": SD15_RETRAIN_STEPS,
+                "loss": "lpips",
+                "soft_gamma": 0.001,
+                "decoupled_times": True,
+                "epochs_phase1": 2,
+                "epochs_phase2": 3,
+                "lr_steps": 0.001,
+                "batch_size": 1,
+                "seed": 0,
+                "schedule_name": SD15_RETRAIN_SCHEDULE,
+            },
+        ),
+        Node("plot", "PreviewImage", title="Training plot"),
+        Node(
+            "ks",
+            "KSampler",
+            {
+                "seed": SEED,
+                "steps": SD15_RETRAIN_STEPS,
+                "cfg": 7.0,
+                "sampler_name": SD15_SAMPLER,
+                "scheduler": "ld3",
+                "denoise": 1.0,
+            },
+            title="KSampler, scheduler ld3",
+        ),
+    ]
+    links = [
+        ("ckpt", "CLIP", "pos", "clip"),
+        ("ckpt", "CLIP", "pos2", "clip"),
+        ("ckpt", "CLIP", "neg", "clip"),
+        ("pos", "CONDITIONING", "teacher", "positive"),
+        ("pos2", "CONDITIONING", "teacher", "positive_2"),
+        ("neg", "CONDITIONING", "teacher", "negative"),
+        ("ckpt", "MODEL", "train", "model"),
+        ("teacher", "teacher", "train", "teacher"),
+        ("ckpt", "VAE", "train", "vae"),
+        ("train", "plot", "plot", "images"),
+        ("train", "model", "ks", "model"),
+        ("pos", "CONDITIONING", "ks", "positive"),
+        ("neg", "CONDITIONING", "ks", "negative"),
+        ("latent", "LATENT", "ks", "latent_image"),
+    ]
+    more_nodes, more_links = _decode_save("ld3/sd15_retrained_ld3", "ks", ("ckpt", "VAE"), "ks")
+    columns = [
+        ["note", "ckpt", "latent"],
+        ["pos", "pos2", "neg"],
+        ["teacher", "train", "plot"],
+        ["ks"],
+        ["decode_ks"],
+        ["save_ks"],
+    ]
+    groups = [("Learn a 4-step schedule from the saved teacher", ["teacher", "train", "plot"])]
+    return Workflow("ld3_sd15_retrain", nodes + more_nodes, links + more_links, columns, groups)
+
+
 def flux_use_saved() -> Workflow:
     nodes, links = _flux_loaders()
     nodes = [
@@ -544,7 +626,7 @@ def demo() -> Workflow:
     return Workflow("ld3_demo", nodes, links, columns)
 
 
-ALL = (sd15_train, flux_train, sd15_use_saved, flux_use_saved, demo)
+ALL = (sd15_train, flux_train, sd15_use_saved, sd15_retrain, flux_use_saved, demo)
 
 # Runs in the page: build the graph from the spec with the frontend's own LiteGraph, lay it out.
 BUILD_JS = """

@@ -88,7 +88,34 @@ def test_sd15_train_then_use_saved(tiny_models_server):
     use_s = time.monotonic() - start
     reloaded = output_images(use_entry, one_node(use, "SaveImage"), out)[0]
     assert max_pixel_difference(reloaded, via_ld3_scheduler) <= 1
-    print(f"SD1.x train workflow {train_s:.1f} s, use-saved workflow {use_s:.1f} s")
+
+    # Another step count from the teacher the train workflow saved: LD3 Load Teacher, with the prompts
+    # encoded again by the checkpoint's CLIP (checked against the file), trains a 3-step schedule.
+    teacher_name = graph[one_node(graph, "LD3GenerateTeacher")]["inputs"]["name"]
+    saved = max((out / "ld3").glob(f"{teacher_name}_*.safetensors"), key=lambda p: p.stat().st_mtime)
+    retrain = load_api("ld3_sd15_retrain")
+    set_inputs(retrain, "CheckpointLoaderSimple", ckpt_name=tiny.sd15_checkpoint)
+    set_inputs(retrain, "EmptyLatentImage", width=64, height=64)
+    set_inputs(retrain, "LD3LoadTeacher", teacher_file=saved.name)
+    set_inputs(
+        retrain,
+        "LD3TrainSigmas",
+        steps=STEPS + 1,
+        epochs_phase1=0,
+        epochs_phase2=1,
+        schedule_name="test_sd15_dpmpp_2m_3steps",
+    )
+    set_inputs(retrain, "KSampler", steps=STEPS + 1)
+    start = time.monotonic()
+    retrain_entry = tiny.run(retrain, timeout=300)
+    retrain_s = time.monotonic() - start
+    assert output_images(retrain_entry, one_node(retrain, "SaveImage"), out)[0].shape == (64, 64, 3)
+    record = load_schedule(tiny.schedule_dir / "test_sd15_dpmpp_2m_3steps.safetensors")
+    assert record.steps == STEPS + 1 and record.train["status"] == "completed" and record.cfg == 7.0
+    print(
+        f"SD1.x train workflow {train_s:.1f} s, use-saved workflow {use_s:.1f} s, "
+        f"retrain from the saved teacher {retrain_s:.1f} s"
+    )
 
 
 def test_sd15_interrupt_keeps_best_schedule(tiny_models_server):

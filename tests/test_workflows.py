@@ -132,6 +132,25 @@ def test_flux_train_workflow_wiring():
     assert graph[guider]["inputs"]["model"] == [train, 1]
 
 
+def test_sd15_retrain_loads_the_teacher_sd15_train_saves():
+    """Same teacher file name, the same prompt texts in the same inputs, another step count."""
+    trained, retrain = load_api("ld3_sd15_train"), load_api("ld3_sd15_retrain")
+    generate = trained[one_node(trained, "LD3GenerateTeacher")]["inputs"]
+    load = retrain[one_node(retrain, "LD3LoadTeacher")]["inputs"]
+    assert load["teacher_file"] == f"{generate['name']}_00001.safetensors"
+    for name in ("positive", "positive_2", "negative"):
+        assert trained[generate[name][0]]["inputs"]["text"] == retrain[load[name][0]]["inputs"]["text"], name
+    train = one_node(retrain, "LD3TrainSigmas")
+    assert _source(retrain, train, "teacher") == ("LD3LoadTeacher", 0)
+    first = trained[one_node(trained, "LD3TrainSigmas")]["inputs"]
+    assert retrain[train]["inputs"]["steps"] != first["steps"]
+    assert retrain[train]["inputs"]["schedule_name"] != first["schedule_name"]
+    ks = one_node(retrain, "KSampler", scheduler="ld3")
+    assert retrain[ks]["inputs"]["model"] == [train, 1]
+    assert retrain[ks]["inputs"]["steps"] == retrain[train]["inputs"]["steps"]
+    assert retrain[ks]["inputs"]["cfg"] == generate["cfg"]
+
+
 @pytest.mark.parametrize(
     ("use", "train"), [("ld3_sd15_use_saved", "ld3_sd15_train"), ("ld3_flux_use_saved", "ld3_flux_train")]
 )

@@ -12,7 +12,14 @@ from PIL import Image
 PACK_ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS_DIR = PACK_ROOT / "workflows"
 API_DIR = WORKFLOWS_DIR / "api"
-WORKFLOW_NAMES = ("ld3_sd15_train", "ld3_flux_train", "ld3_sd15_use_saved", "ld3_flux_use_saved", "ld3_demo")
+WORKFLOW_NAMES = (
+    "ld3_sd15_train",
+    "ld3_flux_train",
+    "ld3_sd15_use_saved",
+    "ld3_sd15_retrain",
+    "ld3_flux_use_saved",
+    "ld3_demo",
+)
 
 
 def load_ui(name: str) -> dict:

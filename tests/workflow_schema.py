@@ -25,6 +25,7 @@ FILE_INPUTS = frozenset(
         ("DualCLIPLoader", "clip_name2"),
         ("VAELoader", "vae_name"),
         ("LD3LoadSigmas", "schedule_file"),
+        ("LD3LoadTeacher", "teacher_file"),
     }
 )
 MODEL_FILE_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".gguf")
