@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -9,7 +10,7 @@ import torch
 from . import model_patch
 from .comfy_adapter import Conditioning, DifferentiableSampler, out_of_memory_guard, sample_stock
 from .errors import LD3InputError
-from .identity import model_identity
+from .identity import model_identity, same_model
 from .solvers import check_sampler
 from .teacher import TeacherData, schedule_sigmas
 from .trainer import Loss, Progress, TrainConfig, TrainResult, train_schedule
@@ -88,15 +89,24 @@ def candidate_schedules(model_patcher, steps: int, sampler: str) -> dict[str, to
 
 
 def check_teacher(teacher: TeacherData, model_patcher) -> None:
-    """Refuse teacher data made with another model or latent shape than the one given."""
+    """Refuse teacher data made with another model (or the same one with other patches or shift)."""
     made_with = teacher.info.get("model", {})
+    if not made_with:
+        return
     given = model_identity(model_patcher)
-    if made_with and made_with.get("fingerprint") != given["fingerprint"]:
+    same = same_model(made_with, given)
+    if same is False:
         raise LD3InputError(
             "teacher",
             f"the teacher data was made with model {made_with.get('model_class')} "
             f"[{made_with.get('fingerprint')}], but the MODEL input is {given['model_class']} [{given['fingerprint']}]",
             "Connect the same MODEL (with the same patches) to LD3 Generate Teacher and LD3 Train Sigmas",
+        )
+    if same is None:
+        logging.warning(
+            "LD3: the teacher data was made by an older LD3 whose model fingerprint cannot be compared; "
+            "the model's classes, sigma range and size match. Make sure it is the same MODEL, with the "
+            "same LoRAs and shift."
         )
 
 

@@ -8,6 +8,31 @@ from collections.abc import Sequence
 
 import torch
 
+# 2: weight patches, sampling shift / sigma table and the un-patched base weights are part of it.
+FINGERPRINT_VERSION = 2
+_COARSE_KEYS = (
+    "model_class",
+    "diffusion_model_class",
+    "model_sampling_class",
+    "sigma_min",
+    "sigma_max",
+    "latent_channels",
+    "parameters",
+)
+
+
+def same_model(recorded: dict, given: dict) -> bool | None:
+    """Whether a recorded identity is the given model's: True, False, or None when it cannot be told.
+
+    A fingerprint from another fingerprint version cannot be compared: then the classes, sigma range,
+    channels and size decide False, and None means they agree (probably the same model, unconfirmed).
+    """
+    if recorded.get("fingerprint_version", 1) == given.get("fingerprint_version"):
+        return recorded.get("fingerprint") == given.get("fingerprint")
+    if any(key in recorded and recorded[key] != given.get(key) for key in _COARSE_KEYS):
+        return False
+    return None
+
 
 def model_identity(model_patcher) -> dict:
     """What identifies a model for a schedule: classes, sigma range, latent channels and a fingerprint.
@@ -45,6 +70,7 @@ def model_identity(model_patcher) -> dict:
     if isinstance(getattr(sampling, "sigmas", None), torch.Tensor):
         _update(digest, sampling.sigmas, values=None)
     return {
+        "fingerprint_version": FINGERPRINT_VERSION,
         "model_class": type(model).__name__,
         "diffusion_model_class": type(model.diffusion_model).__name__,
         "model_sampling_class": type(sampling).__name__,

@@ -7,7 +7,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..ld3_core.errors import LD3InputError
-from ..ld3_core.identity import model_identity
+from ..ld3_core.identity import model_identity, same_model
 from ..ld3_core.model_patch import patch_model
 from ..ld3_core.resample import resample_log_linear
 from ..ld3_core.schedule_file import load_schedule
@@ -94,14 +94,13 @@ class LD3LoadSigmas(io.ComfyNode):
                 "learned schedules do not transfer between samplers",
                 f"Sample with {record.sampler}, or train a schedule for {sampler_name}",
             )
-        trained_fp = record.model.get("fingerprint")
         given = model_identity(model)
-        if trained_fp and trained_fp != given["fingerprint"]:
+        if record.model and same_model(record.model, given) is False:
             logging.warning(
                 "LD3: '%s' was trained for model %s [%s], but the MODEL input is %s [%s]; using it anyway.",
                 schedule_file,
                 record.model.get("model_class"),
-                trained_fp,
+                record.model.get("fingerprint"),
                 given["model_class"],
                 given["fingerprint"],
             )

@@ -9,7 +9,7 @@ import tiny_models
 import torch
 from comfy_extras.nodes_model_advanced import ModelSamplingFlux, ModelSamplingSD3
 
-from ld3_core.identity import model_identity
+from ld3_core.identity import model_identity, same_model
 
 
 def with_patch(model, strength: float = 1.0, scale: float = 0.01):
@@ -58,3 +58,13 @@ def test_sampling_shift_changes_the_fingerprint(tiny_flux):
     assert fingerprint(shifted) != base
     (sd3,) = ModelSamplingSD3().patch(tiny_flux, 3.0)
     assert fingerprint(sd3) not in (base, fingerprint(shifted))
+
+
+def test_fingerprints_of_another_version_compare_by_class_and_size(tiny_sd15, tiny_flux):
+    given = model_identity(tiny_sd15)
+    assert same_model(dict(given), given) is True
+    assert same_model(model_identity(with_patch(tiny_sd15)), given) is False
+    older = {k: v for k, v in given.items() if k != "fingerprint_version"} | {"fingerprint": "0123abcd"}
+    assert same_model(older, given) is None  # cannot tell: classes, sigmas and size agree
+    other = {k: v for k, v in model_identity(tiny_flux).items() if k != "fingerprint_version"}
+    assert same_model(other, given) is False
