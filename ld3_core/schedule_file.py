@@ -252,10 +252,15 @@ def _decode_tensors(data: bytes, header: dict) -> dict:
         if not isinstance(info, dict) or info.get("dtype") != "F32":
             dtype = info.get("dtype") if isinstance(info, dict) else None
             raise _Invalid(f"tensor '{key}' has dtype {dtype!r}, expected F32 (float32)")
+    return _load_tensors(data)
+
+
+def _load_tensors(data: bytes) -> dict:
+    """The tensors of safetensors bytes (no code runs: safetensors never unpickles)."""
     try:
         return _safetensors_load(bytes(data))
     except (safetensors.SafetensorError, ValueError, RuntimeError, OverflowError, TypeError) as exc:
-        raise _Invalid(f"the safetensors data is corrupt ({str(exc)[:200]})") from None
+        raise _Invalid(f"the safetensors data is corrupt or truncated ({str(exc)[:200]})") from None
 
 
 def _metadata_json(header: dict) -> object:

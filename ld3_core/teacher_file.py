@@ -9,17 +9,14 @@ and compares each with a sketch of the one the teacher was made with (``conditio
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 
-import safetensors
 import torch
-from safetensors.torch import load as _safetensors_load
 from safetensors.torch import save as _safetensors_save
 
 from .errors import LD3InputError
 from .identity import SKETCH_SIZE, conditioning_sketch, sketch_difference
-from .schedule_file import _Invalid, _read_header
+from .schedule_file import _Invalid, _is_finite_number, _load_tensors, _read_header
 from .teacher import TeacherData
 
 FORMAT = "ld3-teacher"
@@ -53,10 +50,7 @@ def parse_teacher_bytes(data: bytes, name: str = "teacher") -> TeacherData:
     """Read and validate a teacher file's bytes; never unpickles, refuses anything malformed."""
     try:
         header = _read_header(data)
-        try:
-            tensors = _safetensors_load(bytes(data))
-        except (safetensors.SafetensorError, ValueError, RuntimeError, OverflowError, TypeError) as exc:
-            raise _Invalid(f"the safetensors data is corrupt or truncated ({str(exc)[:200]})") from None
+        tensors = _load_tensors(data)
         info = _info(header)
         teacher = _check_tensors(tensors, info)
     except _Invalid as exc:
@@ -115,7 +109,7 @@ def _info(header: dict) -> dict:
     if not isinstance(prompts, int) or isinstance(prompts, bool) or not 1 <= prompts <= 64:
         raise _Invalid(f"its prompt count {prompts!r} is not a number from 1 to 64")
     cfg = info.get("cfg")
-    if not isinstance(cfg, list) or len(cfg) != prompts or not all(_is_number(c) for c in cfg):
+    if not isinstance(cfg, list) or len(cfg) != prompts or not all(_is_finite_number(c) for c in cfg):
         raise _Invalid("its CFG list does not match its prompt count")
     sketches = info.get("conditioning")
     if sketches is not None and not _sketches_ok(sketches, prompts):
@@ -162,8 +156,4 @@ def _sketches_ok(sketches: object, prompts: int) -> bool:
 
 
 def _is_vector(value: object) -> bool:
-    return isinstance(value, list) and len(value) == SKETCH_SIZE and all(_is_number(v) for v in value)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, list) and len(value) == SKETCH_SIZE and all(_is_finite_number(v) for v in value)
