@@ -243,7 +243,7 @@ WEIGHT_GRAD_CASES = (("tiny-sd15-eps", "dpmpp_2m", 6, "lpips", 1), ("tiny-flux",
 
 
 def weight_grad_contrast(name, sampler, nfe, loss_kind, batch, repeats=5) -> dict:
-    """One iteration with frozen weights against one whose weights require grad, interleaved."""
+    """One iteration with frozen weights against one whose weights require grad, in this process."""
     from bench import models
     from ld3_core import comfy_adapter
 

@@ -314,10 +314,11 @@ def render(run_info: dict | None = None) -> str:
         if cost.get("weight_grads"):
             lines += [
                 "",
-                "Frozen weights against weights that require grad, one iteration each, interleaved in one process",
-                "(before `weights_as_constants` froze them, a model built outside inference mode, such as every",
-                "benchmark model here and on the GPU, had each backward also compute and keep a gradient per",
-                "weight; models ComfyUI loads under inference mode were already frozen by the clone):",
+                "Frozen weights against weights that require grad: the median of 5 iterations in each mode, one",
+                "mode after the other in one process. Before `weights_as_constants` froze them, a model built",
+                "outside inference mode (every benchmark model here and on the GPU) had each backward also",
+                "compute and keep a gradient per weight; models ComfyUI loads under inference mode were already",
+                "frozen by the clone.",
                 "",
                 "| model | loss | NFE | weights MiB | iteration time, frozen / requiring grad | peak memory, frozen / requiring grad |",
                 "|---|---|---|---|---|---|",
