@@ -60,12 +60,14 @@ def grid(model: str) -> list[Cell]:
     if model in ("mix-eps-4x32x32", "mix-flow-16x16x16"):
         cells = [Cell(s, nfe, MAIN) for nfe in (4, 5, 6) for s in PAPER_SAMPLERS]
         return cells + [Cell("dpmpp_2m", nfe, MAIN) for nfe in (8, 10)]
-    if model == "tiny-sd15-eps":
-        return [Cell("dpmpp_2m", 4, MAIN + ("ld3 soft+decoupled lpips",))]
-    if model == "tiny-sd15-v":
-        return [Cell("dpmpp_2m", 4, MAIN)]
-    if model == "tiny-flux":
-        return [Cell(s, 4, MAIN) for s in ("euler", "dpmpp_2m")]
+    if model.startswith("tiny-"):  # the paper's four solvers at NFE 4 and 6; a dpmpp_2m NFE sweep on SD1.5
+        lpips = ("ld3 soft+decoupled lpips",) if model == "tiny-sd15-eps" else ()
+        cells = [
+            Cell(s, nfe, MAIN + (lpips if s == "dpmpp_2m" else ())) for nfe in (4, 6) for s in PAPER_SAMPLERS
+        ]
+        if model == "tiny-sd15-eps":
+            cells += [Cell("dpmpp_2m", nfe, MAIN) for nfe in (5, 8, 10)]
+        return cells
     raise KeyError(model)
 
 

@@ -499,9 +499,10 @@ REDUCTIONS = [
     "- mix-eps-4x16x16: all six samplers at NFE 4-6, the ablations (soft, hard) for dpmpp_2m and uni_pc at",
     "  NFE 4 and 6; NFE 8 and 10 for dpmpp_2m and uni_pc. mix-eps-4x32x32 and mix-flow-16x16x16: the paper's",
     "  four solvers (dpmpp_2m, uni_pc, ipndm, euler) at NFE 4-6, dpmpp_2m at NFE 8 and 10; main variant only.",
-    "- Tiny models (~30 ms a call on this CPU): NFE 4 only: tiny-sd15-eps dpmpp_2m (L2 and LPIPS), tiny-sd15-v",
-    "  dpmpp_2m, tiny-flux euler and dpmpp_2m. Latents 4x8x8 (SD1.5, CFG 3) and 16x16x16 (Flux, guidance",
-    "  3.5). Their teacher is 20 dpmpp_2m steps, not a converged solve.",
+    "- Tiny models (~30 ms a call on this CPU): the paper's four solvers at NFE 4 and 6 on each, and",
+    "  dpmpp_2m at NFE 5, 8 and 10 on tiny-sd15-eps; LPIPS for dpmpp_2m on tiny-sd15-eps. Latents 4x8x8",
+    "  (SD1.5, CFG 3) and 16x16x16 (Flux, guidance 3.5). Their teacher is 20 dpmpp_2m steps, not a",
+    "  converged solve.",
     "- LPIPS only on tiny-sd15-eps (the one model given a VAE, random weights); none on the mixtures.",
     "- CPU memory is measured at batch 1; the run uses 2 worker processes with one torch thread each.",
 ]
