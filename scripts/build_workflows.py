@@ -118,6 +118,44 @@ def _first_output(key: str) -> str:
     return "output" if key.startswith("custom") else "LATENT"
 
 
+def _train_sigmas(sampler: str, steps: int, schedule_name: str) -> Node:
+    """LD3 Train Sigmas with the paper's recipe for latent models (LPIPS through the VAE)."""
+    return Node(
+        "train",
+        "LD3TrainSigmas",
+        {
+            "sampler_name": sampler,
+            "steps": steps,
+            "loss": "lpips",
+            "soft_gamma": 0.001,
+            "decoupled_times": True,
+            "epochs_phase1": 2,
+            "epochs_phase2": 3,
+            "lr_steps": 0.001,
+            "batch_size": 1,
+            "seed": 0,
+            "schedule_name": schedule_name,
+        },
+    )
+
+
+def _sd15_ksampler_ld3(steps: int) -> Node:
+    """The stock KSampler on the LD3-patched MODEL, scheduler 'ld3'."""
+    return Node(
+        "ks",
+        "KSampler",
+        {
+            "seed": SEED,
+            "steps": steps,
+            "cfg": 7.0,
+            "sampler_name": SD15_SAMPLER,
+            "scheduler": "ld3",
+            "denoise": 1.0,
+        },
+        title="KSampler, scheduler ld3",
+    )
+
+
 def sd15_train() -> Workflow:
     nodes = [
         _note(
@@ -152,23 +190,7 @@ def sd15_train() -> Workflow:
                 "name": SD15_TEACHER,
             },
         ),
-        Node(
-            "train",
-            "LD3TrainSigmas",
-            {
-                "sampler_name": SD15_SAMPLER,
-                "steps": SD15_STEPS,
-                "loss": "lpips",
-                "soft_gamma": 0.001,
-                "decoupled_times": True,
-                "epochs_phase1": 2,
-                "epochs_phase2": 3,
-                "lr_steps": 0.001,
-                "batch_size": 1,
-                "seed": 0,
-                "schedule_name": SD15_SCHEDULE,
-            },
-        ),
+        _train_sigmas(SD15_SAMPLER, SD15_STEPS, SD15_SCHEDULE),
         Node("plot", "PreviewImage", title="Training plot"),
         Node("noise", "RandomNoise", {"noise_seed": SEED}),
         Node("guider", "CFGGuider", {"cfg": 7.0}),
@@ -312,23 +334,7 @@ def flux_train() -> Workflow:
                 "name": "ld3_flux_teacher",
             },
         ),
-        Node(
-            "train",
-            "LD3TrainSigmas",
-            {
-                "sampler_name": FLUX_SAMPLER,
-                "steps": FLUX_STEPS,
-                "loss": "lpips",
-                "soft_gamma": 0.001,
-                "decoupled_times": True,
-                "epochs_phase1": 2,
-                "epochs_phase2": 3,
-                "lr_steps": 0.001,
-                "batch_size": 1,
-                "seed": 0,
-                "schedule_name": FLUX_SCHEDULE,
-            },
-        ),
+        _train_sigmas(FLUX_SAMPLER, FLUX_STEPS, FLUX_SCHEDULE),
         Node("plot", "PreviewImage", title="Training plot"),
         Node("noise", "RandomNoise", {"noise_seed": SEED}),
         Node("select", "KSamplerSelect", {"sampler_name": FLUX_SAMPLER}),
@@ -407,19 +413,7 @@ def sd15_use_saved() -> Workflow:
         Node("latent", "EmptyLatentImage", {"width": 512, "height": 512, "batch_size": 1}),
         Node("pos", "CLIPTextEncode", {"text": SD15_POSITIVE}, title="Prompt", size=(400, 140)),
         Node("neg", "CLIPTextEncode", {"text": SD15_NEGATIVE}, title="Negative", size=(400, 110)),
-        Node(
-            "ks",
-            "KSampler",
-            {
-                "seed": SEED,
-                "steps": SD15_STEPS,
-                "cfg": 7.0,
-                "sampler_name": SD15_SAMPLER,
-                "scheduler": "ld3",
-                "denoise": 1.0,
-            },
-            title="KSampler, scheduler ld3",
-        ),
+        _sd15_ksampler_ld3(SD15_STEPS),
     ]
     links = [
         ("ckpt", "MODEL", "load", "model"),
@@ -453,37 +447,9 @@ def sd15_retrain() -> Workflow:
         Node("pos2", "CLIPTextEncode", {"text": SD15_POSITIVE_2}, title="Prompt 2", size=(400, 140)),
         Node("neg", "CLIPTextEncode", {"text": SD15_NEGATIVE}, title="Negative", size=(400, 110)),
         Node("teacher", "LD3LoadTeacher", {"teacher_file": f"{SD15_TEACHER}_00001.safetensors"}),
-        Node(
-            "train",
-            "LD3TrainSigmas",
-            {
-                "sampler_name": SD15_SAMPLER,
-                "steps": SD15_RETRAIN_STEPS,
-                "loss": "lpips",
-                "soft_gamma": 0.001,
-                "decoupled_times": True,
-                "epochs_phase1": 2,
-                "epochs_phase2": 3,
-                "lr_steps": 0.001,
-                "batch_size": 1,
-                "seed": 0,
-                "schedule_name": SD15_RETRAIN_SCHEDULE,
-            },
-        ),
+        _train_sigmas(SD15_SAMPLER, SD15_RETRAIN_STEPS, SD15_RETRAIN_SCHEDULE),
         Node("plot", "PreviewImage", title="Training plot"),
-        Node(
-            "ks",
-            "KSampler",
-            {
-                "seed": SEED,
-                "steps": SD15_RETRAIN_STEPS,
-                "cfg": 7.0,
-                "sampler_name": SD15_SAMPLER,
-                "scheduler": "ld3",
-                "denoise": 1.0,
-            },
-            title="KSampler, scheduler ld3",
-        ),
+        _sd15_ksampler_ld3(SD15_RETRAIN_STEPS),
     ]
     links = [
         ("ckpt", "CLIP", "pos", "clip"),
