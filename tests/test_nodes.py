@@ -252,6 +252,10 @@ def test_saved_teacher_loads_and_trains_again(comfy_server, schedule_names):
     comfy_server.run_prompt(graph)
     saved = sorted((comfy_server.output_dir / "ld3").glob(f"{teacher_name}_*.safetensors"))
     assert len(saved) == 1
+    load_teacher = {
+        "class_type": "LD3LoadTeacher",
+        "inputs": {"teacher_file": saved[0].name, "positive": ["demo", 1], "negative": ["demo", 2]},
+    }
     try:
         # The file is offered by the node (newest first), and it trains without the teacher's sampling.
         inputs = comfy_server.get_json("/object_info/LD3LoadTeacher")["LD3LoadTeacher"]["input"]["required"]
@@ -260,26 +264,20 @@ def test_saved_teacher_loads_and_trains_again(comfy_server, schedule_names):
 
         second = schedule_names("teacher_second")
         graph = demo_nodes()
-        graph["teacher"] = {
-            "class_type": "LD3LoadTeacher",
-            "inputs": {"teacher_file": saved[0].name, "positive": ["demo", 1], "negative": ["demo", 2]},
-        }
+        graph["teacher"] = load_teacher
         graph["train"] = train_node(second, steps=STEPS + 1)
         graph["show"] = {"class_type": "PreviewAny", "inputs": {"source": ["train", 0]}}
         comfy_server.run_prompt(graph)
         assert (SCHEDULE_DIR / f"{second}.safetensors").is_file()
 
         # One prompt more than the teacher was made with: refused, naming the input.
-        graph["teacher"]["inputs"]["positive_2"] = ["demo", 1]
+        graph["teacher"] = {**load_teacher, "inputs": {**load_teacher["inputs"], "positive_2": ["demo", 1]}}
         _, entry = queue(comfy_server, graph)
         error = error_of(entry)
         assert error["exception_message"].startswith("positive_2: the teacher was made with 1 prompt(s)")
         # A different model: refused when training starts.
         graph = demo_nodes(seed=5)
-        graph["teacher"] = {
-            "class_type": "LD3LoadTeacher",
-            "inputs": {"teacher_file": saved[0].name, "positive": ["demo", 1], "negative": ["demo", 2]},
-        }
+        graph["teacher"] = load_teacher
         graph["train"] = train_node(schedule_names("teacher_other_model"))
         graph["show"] = {"class_type": "PreviewAny", "inputs": {"source": ["train", 0]}}
         _, entry = queue(comfy_server, graph)
