@@ -92,7 +92,10 @@ def main(argv=None) -> int:
 
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(args.workers) as pool:
-        cost_result = None if args.skip_cost else pool.apply_async(_cost_job, (0,))
+        # Cost and memory first and alone: their timings are ratios of two measurements, but a quality
+        # worker on the other core still shifts them by several per cent on a 2-core machine.
+        cost = None if args.skip_cost else pool.apply(_cost_job, (0,))
+        print(f"cost: done at {time.perf_counter() - started:.0f} s", flush=True)
         print(f"data: {len(data_jobs)} held-out sets and teacher sets", flush=True)
         pool.map(quality.prepare_job, data_jobs, chunksize=1)
         print(f"quality: {len(cell_jobs)} jobs, {time.perf_counter() - started:.0f} s so far", flush=True)
@@ -105,7 +108,6 @@ def main(argv=None) -> int:
                     f"{job_rows[0]['nfe']} done at {time.perf_counter() - started:.0f} s",
                     flush=True,
                 )
-        cost = cost_result.get() if cost_result is not None else None
 
     records = quality.aggregate(rows)
     (env.RESULTS_DIR / "quality.json").write_text(json.dumps(records, indent=1))
