@@ -123,10 +123,3 @@ def steps_for_nfe(sampler: str, nfe: int) -> int:
 
 def used_nfe(sampler: str, steps: int) -> int:
     return 2 * steps - 1 if sampler in ("heun", "dpm_2", "heunpp2") else steps
-
-
-def extra_schedules(model: BenchModel, steps: int) -> dict[str, torch.Tensor]:
-    """AYS / GITS / OptimalSteps where their tables fit the model: the same set LD3 starts from."""
-    from ld3_core.api import extra_schedules as fitting
-
-    return fitting(model.patcher, steps)

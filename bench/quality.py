@@ -249,7 +249,7 @@ def run_job(job: tuple[str, int, list[Cell]]) -> list[dict]:
         schedules = {
             n: (s, "builtin") for n, s in api.builtin_schedules(bm.patcher, steps, cell.sampler).items()
         }
-        schedules.update({n: (s, "extra") for n, s in models.extra_schedules(bm, steps).items()})
+        schedules.update({n: (s, "extra") for n, s in api.extra_schedules(bm.patcher, steps).items()})
         for method, (sigmas, kind) in schedules.items():
             stats = _heldout(bm, cell.sampler, sigmas, None, noise, ref, False, eval_batch)
             rows.append({**base, "method": method, "kind": kind, **stats, "sigmas": sigmas.tolist()})
