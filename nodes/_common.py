@@ -14,6 +14,7 @@ import torch
 from comfy_api.latest import io
 
 from ..ld3_core.comfy_adapter import Conditioning
+from ..ld3_core.errors import LD3InputError
 from ..ld3_core.schedule_file import atomic_write, default_versions
 from ..ld3_core.scheduler import register_ld3_scheduler
 from ..ld3_core.teacher import TeacherData
@@ -123,6 +124,30 @@ def teacher_files() -> list[str]:
     except FileNotFoundError:
         return []
     return [e.name for e in sorted(entries, key=lambda e: (-e.stat().st_mtime, e.name))]
+
+
+def file_choice_error(
+    input_name: str, value: str | None, folder: str, available: list[str], made_by: str
+) -> LD3InputError | None:
+    """None when ``value`` is one of the files a dropdown offers, else the error that says what to do.
+
+    ComfyUI's own check would only say "Value not in list", which leaves the user stuck when the list is
+    empty (nothing saved yet) or the workflow came from someone else's machine.
+    """
+    if value is None or value in available:  # None: a linked input, checked when the node runs
+        return None
+    held = f"it has {len(available)} other file(s)" if available else "it has none yet"
+    return LD3InputError(
+        input_name,
+        f"there is no file '{value}' in {folder} ({held})",
+        f"Run {made_by} to make one, or copy the file there and refresh the node list (press R); "
+        "a shared workflow needs its author's file",
+    )
+
+
+def validation_answer(error: LD3InputError | None) -> bool | str:
+    """What a node's validate_inputs returns: True, or the message ComfyUI shows under the input's name."""
+    return True if error is None else f"{error.problem}. {error.fix}"
 
 
 def save_teacher_file(teacher: TeacherData, name: str) -> Path:

@@ -12,7 +12,7 @@ from ..ld3_core.model_patch import patch_model
 from ..ld3_core.resample import resample_log_linear
 from ..ld3_core.schedule_file import load_schedule
 from ..ld3_core.solvers import SUPPORTED_SAMPLERS
-from ._common import SCHEDULE_FOLDER
+from ._common import SCHEDULE_FOLDER, file_choice_error, validation_answer
 
 ANY_SAMPLER = "any"
 
@@ -76,16 +76,16 @@ class LD3LoadSigmas(io.ComfyNode):
         return f"{schedule_file}:{stat.st_mtime_ns}:{stat.st_size}"
 
     @classmethod
+    def validate_inputs(cls, schedule_file: str | None = None) -> bool | str:
+        return validation_answer(_missing_schedule(schedule_file))
+
+    @classmethod
     def execute(
         cls, model, schedule_file: str, sampler_name: str = ANY_SAMPLER, steps: int = 0
     ) -> io.NodeOutput:
         path = folder_paths.get_full_path(SCHEDULE_FOLDER, schedule_file)
-        if path is None:
-            raise LD3InputError(
-                "schedule_file",
-                f"'{schedule_file}' is not in the ld3 models folder",
-                "Refresh the node list and pick a file saved by LD3 Train Sigmas",
-            )
+        if path is None:  # gone since the prompt was queued (the listing may not know yet)
+            raise _missing_schedule(schedule_file, gone=True)
         record = load_schedule(path)
         if sampler_name not in (ANY_SAMPLER, "", None) and sampler_name != record.sampler:
             raise LD3InputError(
@@ -120,3 +120,11 @@ class LD3LoadSigmas(io.ComfyNode):
         # KSampler scheduler expects.
         patched = patch_model(model, record.step_sigmas, record.eval_sigmas, record.sampler)
         return io.NodeOutput(sigmas, patched)
+
+
+def _missing_schedule(schedule_file: str | None, gone: bool = False):
+    folders = " or ".join(folder_paths.get_folder_paths(SCHEDULE_FOLDER))
+    available = [
+        f for f in folder_paths.get_filename_list(SCHEDULE_FOLDER) if not (gone and f == schedule_file)
+    ]
+    return file_choice_error("schedule_file", schedule_file, folders, available, "LD3 Train Sigmas")

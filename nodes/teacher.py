@@ -1,18 +1,25 @@
 """LD3 Generate Teacher: teacher pairs (x_T, Psi*(x_T)) from the stock sampler with many steps (paper Sec. 3.1)."""
 
 import logging
-from pathlib import Path
 
 import comfy.sample
 import comfy.samplers
 from comfy_api.latest import io
 
 from ..ld3_core.comfy_adapter import Conditioning
-from ..ld3_core.errors import LD3InputError
 from ..ld3_core.schedule_file import validate_schedule_name
 from ..ld3_core.teacher import generate_teacher
 from ..ld3_core.teacher_file import check_prompts, parse_teacher_bytes
-from ._common import NodeProgress, Teacher, TeacherBundle, save_teacher_file, teacher_dir, teacher_files
+from ._common import (
+    NodeProgress,
+    Teacher,
+    TeacherBundle,
+    file_choice_error,
+    save_teacher_file,
+    teacher_dir,
+    teacher_files,
+    validation_answer,
+)
 
 EXTRA_PROMPTS = ("positive_2", "positive_3", "positive_4")
 
@@ -184,16 +191,16 @@ class LD3LoadTeacher(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, teacher_file: str | None = None) -> bool | str:
+        return validation_answer(_missing_teacher(teacher_file))
+
+    @classmethod
     def execute(
         cls, teacher_file: str, positive, negative, positive_2=None, positive_3=None, positive_4=None
     ) -> io.NodeOutput:
+        if error := _missing_teacher(teacher_file):  # also when the file went away after queueing
+            raise error
         path = teacher_dir() / teacher_file
-        if Path(teacher_file).name != teacher_file or not path.is_file():
-            raise LD3InputError(
-                "teacher_file",
-                f"no teacher file '{teacher_file}' in {teacher_dir()}",
-                "Choose a file from the list (refresh it with R), or run LD3 Generate Teacher",
-            )
         data = parse_teacher_bytes(path.read_bytes(), name=teacher_file)
         prompts = _prompts(positive, positive_2, positive_3, positive_4)
         check_prompts(data, prompts, negative)
@@ -202,3 +209,9 @@ class LD3LoadTeacher(io.ComfyNode):
         )
         logging.info("LD3: teacher data (%d samples) loaded from %s", len(data.noise), path)
         return io.NodeOutput(TeacherBundle(data, conditionings))
+
+
+def _missing_teacher(teacher_file: str | None):
+    return file_choice_error(
+        "teacher_file", teacher_file, str(teacher_dir()), teacher_files(), "LD3 Generate Teacher"
+    )

@@ -1,4 +1,4 @@
-"""Failure paths through the real server: cancelled teacher generation, hostile schedule files.
+"""Failure paths through the real server: cancelled teacher generation, missing and hostile files.
 
 Each case ends with a normal prompt on the same server: a failure must leave nothing half-done behind.
 """
@@ -108,4 +108,41 @@ def test_hostile_schedule_files_are_refused_and_nothing_runs(comfy_server, tmp_p
         assert not marker.exists(), "a schedule file's payload was executed"
     finally:
         path.unlink(missing_ok=True)
+    _server_still_works(comfy_server)
+
+
+def test_missing_files_are_refused_at_queue_time_with_what_to_do(comfy_server):
+    """A workflow naming a teacher or schedule file this machine lacks (someone else's, or none saved yet)."""
+    graph = demo_nodes()
+    graph["teacher"] = {
+        "class_type": "LD3LoadTeacher",
+        "inputs": {
+            "teacher_file": "from_elsewhere_00001.safetensors",
+            "positive": ["demo", 1],
+            "negative": ["demo", 2],
+        },
+    }
+    graph["load"] = {
+        "class_type": "LD3LoadSigmas",
+        "inputs": {
+            "model": ["demo", 0],
+            "schedule_file": "from_elsewhere.safetensors",
+            "sampler_name": "any",
+            "steps": 0,
+        },
+    }
+    graph["show_teacher"] = {"class_type": "PreviewAny", "inputs": {"source": ["teacher", 0]}}
+    graph["show_sigmas"] = {"class_type": "PreviewAny", "inputs": {"source": ["load", 0]}}
+    status, body = comfy_server.submit(graph)
+    assert status == 400, body
+    details = {node: [e["details"] for e in err["errors"]] for node, err in body["node_errors"].items()}
+    assert details.keys() == {"teacher", "load"}, details
+    [teacher] = details["teacher"]
+    assert teacher.startswith("teacher_file - there is no file 'from_elsewhere_00001.safetensors' in "), (
+        teacher
+    )
+    assert "Run LD3 Generate Teacher to make one, or copy the file there" in teacher
+    [load] = details["load"]
+    assert load.startswith("schedule_file - there is no file 'from_elsewhere.safetensors' in "), load
+    assert "Run LD3 Train Sigmas to make one" in load
     _server_still_works(comfy_server)
