@@ -17,17 +17,18 @@ import argparse
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 COMFYUI_DIR = ROOT / ".comfyui" / "ComfyUI"
+
+sys.path.insert(0, str(ROOT / "scripts"))  # also when tests load this file by path
+import comfy_launch  # noqa: E402
+
 WORKFLOWS = ROOT / "workflows"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -691,57 +692,19 @@ HIDE_CHROME_CSS = (
 )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_comfyui(workdir: Path) -> tuple[subprocess.Popen, str]:
     """The development ComfyUI on a free port, with throwaway output/input/temp/user folders."""
-    port = free_port()
-    user = workdir / "user"
-    (user / "default").mkdir(parents=True)
-    # A returning user: no templates dialog or tours over the canvas.
-    (user / "default" / "comfy.settings.json").write_text(json.dumps({"Comfy.TutorialCompleted": True}))
-    for name in ("output", "input", "temp"):
-        (workdir / name).mkdir()
-    command = [
-        str(ROOT / ".venv" / "bin" / "python"),
-        "main.py",
-        "--cpu",
-        "--listen",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--disable-auto-launch",
-        "--disable-api-nodes",
-        "--output-directory",
-        str(workdir / "output"),
-        "--input-directory",
-        str(workdir / "input"),
-        "--temp-directory",
-        str(workdir / "temp"),
-        "--user-directory",
-        str(user),
-        "--database-url",
-        "sqlite:///:memory:",
-    ]
+    port = comfy_launch.free_port()
+    dirs = comfy_launch.prepare_folders(workdir)
+    command = comfy_launch.comfyui_command(str(ROOT / ".venv" / "bin" / "python"), COMFYUI_DIR, port, dirs)
     log = open(workdir / "comfyui.log", "wb")  # stays open as long as the server runs
     process = subprocess.Popen(command, cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        if process.poll() is not None:
-            raise SystemExit(f"ComfyUI exited at start; see {workdir / 'comfyui.log'}")
-        try:
-            urllib.request.urlopen(url + "/system_stats", timeout=5).close()
-            return process, url
-        except OSError:
-            if time.monotonic() > deadline:
-                process.terminate()
-                raise SystemExit("ComfyUI did not answer in 120 s") from None
-            time.sleep(0.25)
+    failed = comfy_launch.wait_until_up(url, process, 120)
+    if failed:
+        comfy_launch.stop(process)
+        raise SystemExit(f"{failed}; see {workdir / 'comfyui.log'}")
+    return process, url
 
 
 def thumbnail(png: bytes, out_dir: Path, name: str) -> None:
@@ -811,11 +774,7 @@ def main(argv=None) -> int:
         try:
             build(url, chosen, args.out)
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            comfy_launch.stop(process)
     return 0
 
 

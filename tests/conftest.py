@@ -29,7 +29,6 @@ import asyncio  # noqa: E402
 import contextlib  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 import types  # noqa: E402
@@ -43,6 +42,17 @@ import tiny_models  # noqa: E402
 
 PACK_DIR_NAME = "ComfyUI-LD3"  # the folder name under custom_nodes/ (scripts/setup.sh links it so)
 SERVER_START_TIMEOUT_S = 120.0
+
+
+def _load_script_module(name: str) -> types.ModuleType:
+    """A module from scripts/, by path (scripts/ is not put on sys.path beside ComfyUI's modules)."""
+    spec = importlib.util.spec_from_file_location(f"ld3_scripts_{name}", PACK_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+comfy_launch = _load_script_module("comfy_launch")  # the same launch as scripts/build_workflows.py
 
 
 # -- the pack, imported the way ComfyUI's loader does (nodes.load_custom_node) ----------------------
@@ -116,12 +126,6 @@ def flux_conds() -> tuple[list, list]:
 # -- a real ComfyUI server with the pack loaded -----------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def log_tail(path: Path, lines: int = 60) -> str:
     """The last lines of a log file (for failure messages)."""
     try:
@@ -156,6 +160,19 @@ class ComfyServer:
         except urllib.error.HTTPError as exc:
             raise AssertionError(f"POST {path} -> {exc.code}: {exc.read().decode(errors='replace')}") from exc
 
+    def submit(self, graph: dict, timeout: float = 30.0) -> tuple[int, dict]:
+        """POST /prompt and return (HTTP status, body): 400 carries ComfyUI's validation errors."""
+        request = urllib.request.Request(
+            self.base_url + "/prompt",
+            data=json.dumps({"prompt": graph}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, json.load(response)
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
     def object_info(self) -> dict:
         """GET /object_info, fetched once per session (it lists every node type)."""
         if self._object_info is None:
@@ -184,16 +201,6 @@ class ComfyServer:
         raise AssertionError(f"prompt {prompt_id} did not finish in {timeout} s:\n{log_tail(self.log_path)}")
 
 
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
-
-
 @contextlib.contextmanager
 def run_comfy_server(base: Path, extra_args: Sequence[str] = ()) -> Iterator[ComfyServer]:
     """Run ComfyUI's main.py on a free port with the pack loaded, until the block ends (stop by PID).
@@ -204,33 +211,10 @@ def run_comfy_server(base: Path, extra_args: Sequence[str] = ()) -> Iterator[Com
     link = COMFYUI_DIR / "custom_nodes" / PACK_DIR_NAME
     if not link.exists() or link.resolve() != PACK_ROOT:
         pytest.fail(f"{link} does not point at this checkout ({PACK_ROOT}): run scripts/setup.sh")
-    dirs = {name: base / name for name in ("output", "input", "temp", "user")}
-    for path in dirs.values():
-        path.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    dirs = comfy_launch.prepare_folders(base)
+    port = comfy_launch.free_port()
     log_path = base / "comfyui.log"
-    command = [
-        sys.executable,
-        str(COMFYUI_DIR / "main.py"),
-        "--cpu",
-        "--listen",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--disable-auto-launch",
-        "--disable-api-nodes",
-        *extra_args,
-        "--output-directory",
-        str(dirs["output"]),
-        "--input-directory",
-        str(dirs["input"]),
-        "--temp-directory",
-        str(dirs["temp"]),
-        "--user-directory",
-        str(dirs["user"]),
-        "--database-url",
-        "sqlite:///:memory:",
-    ]
+    command = comfy_launch.comfyui_command(sys.executable, COMFYUI_DIR, port, dirs, extra_args)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
@@ -243,24 +227,12 @@ def run_comfy_server(base: Path, extra_args: Sequence[str] = ()) -> Iterator[Com
         )
     server = ComfyServer(f"http://127.0.0.1:{port}", log_path, process, dirs["output"])
     try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(
-                    f"ComfyUI exited with {process.returncode} at start; log {log_path}:\n{log_tail(log_path)}"
-                )
-            try:
-                server.get_json("/system_stats", timeout=5)
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                if time.monotonic() > deadline:
-                    pytest.fail(
-                        f"ComfyUI did not answer in {SERVER_START_TIMEOUT_S} s; log {log_path}:\n{log_tail(log_path)}"
-                    )
-                time.sleep(0.25)
+        failed = comfy_launch.wait_until_up(server.base_url, process, SERVER_START_TIMEOUT_S)
+        if failed:
+            pytest.fail(f"{failed}; log {log_path}:\n{log_tail(log_path)}")
         yield server
     finally:
-        _stop(process)
+        comfy_launch.stop(process)
 
 
 @pytest.fixture(scope="session")
