@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 COMFYUI_DIR = ROOT / ".comfyui" / "ComfyUI"
 
-sys.path.insert(0, str(ROOT / "scripts"))  # also when tests load this file by path
+sys.path.append(str(ROOT / "scripts"))  # also when tests load this file by path; last, to shadow nothing
 import comfy_launch  # noqa: E402
 
 WORKFLOWS = ROOT / "workflows"

@@ -148,7 +148,8 @@ class ComfyServer:
         with urllib.request.urlopen(self.base_url + path, timeout=timeout) as response:
             return json.load(response)
 
-    def post_json(self, path: str, payload: dict, timeout: float = 30.0):
+    def post(self, path: str, payload: dict, timeout: float = 30.0) -> tuple[int, dict]:
+        """POST JSON; returns (HTTP status, body), errors included (a 400 carries validation errors)."""
         request = urllib.request.Request(
             self.base_url + path,
             data=json.dumps(payload).encode(),
@@ -156,22 +157,19 @@ class ComfyServer:
         )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
-                return json.load(response)
-        except urllib.error.HTTPError as exc:
-            raise AssertionError(f"POST {path} -> {exc.code}: {exc.read().decode(errors='replace')}") from exc
-
-    def submit(self, graph: dict, timeout: float = 30.0) -> tuple[int, dict]:
-        """POST /prompt and return (HTTP status, body): 400 carries ComfyUI's validation errors."""
-        request = urllib.request.Request(
-            self.base_url + "/prompt",
-            data=json.dumps({"prompt": graph}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
                 return response.status, json.load(response)
         except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"{}")
+            raw = exc.read().decode(errors="replace")
+            try:
+                return exc.code, json.loads(raw)
+            except json.JSONDecodeError:  # e.g. a plain-text 500
+                return exc.code, {"text": raw}
+
+    def post_json(self, path: str, payload: dict, timeout: float = 30.0):
+        status, body = self.post(path, payload, timeout)
+        if status != 200:
+            raise AssertionError(f"POST {path} -> {status}: {json.dumps(body)}")
+        return body
 
     def object_info(self) -> dict:
         """GET /object_info, fetched once per session (it lists every node type)."""

@@ -133,7 +133,7 @@ def test_missing_files_are_refused_at_queue_time_with_what_to_do(comfy_server):
     }
     graph["show_teacher"] = {"class_type": "PreviewAny", "inputs": {"source": ["teacher", 0]}}
     graph["show_sigmas"] = {"class_type": "PreviewAny", "inputs": {"source": ["load", 0]}}
-    status, body = comfy_server.submit(graph)
+    status, body = comfy_server.post("/prompt", {"prompt": graph})
     assert status == 400, body
     details = {node: [e["details"] for e in err["errors"]] for node, err in body["node_errors"].items()}
     assert details.keys() == {"teacher", "load"}, details
