@@ -14,7 +14,7 @@ import logging
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -71,7 +71,19 @@ def grid(model: str) -> list[Cell]:
     raise KeyError(model)
 
 
+_BUDGET_OVERRIDE: dict = {}
+
+
+def override_budget(**sizes: int) -> None:
+    """Other data sizes for this process (bench/compare_configs.py); the cache files carry the sizes."""
+    _BUDGET_OVERRIDE.update(sizes)
+
+
 def budget(model: str) -> Budget:
+    return replace(_default_budget(model), **_BUDGET_OVERRIDE)
+
+
+def _default_budget(model: str) -> Budget:
     if model.startswith("mix-"):
         # The paper's 50 / 50 pairs (the data is cheap). 128 held-out noises: a mode flip costs ~10x a
         # typical sample's error, so with 32 one flip moved a cell's mean by tens of per cent. Batch 4,
@@ -118,7 +130,8 @@ def _reference(bm, noise: torch.Tensor, batch: int) -> torch.Tensor:
 def _cache_file(name: str, seed: int | None):
     from bench import env
 
-    tag = "heldout" if seed is None else f"seed{seed}"
+    size = budget(name)
+    tag = f"heldout{size.heldout}" if seed is None else f"seed{seed}_{size.samples}"
     return env.BENCH_DIR / "out" / "cache" / f"{name}_{tag}.pt"
 
 

@@ -168,7 +168,8 @@ def render(run_info: dict | None = None) -> str:
         "Produced by `.venv/bin/python bench/run.py` (CPU suite; writes this file, `bench/results/*.json` and",
         "the plots) and `bench/gpu.py` (on a GPU; `bench/results/gpu.json`). `python bench/report.py` re-renders",
         "this file from the JSON. Every figure is a ratio of two measurements taken side by side in one run;",
-        "absolute times are quoted only from the GPU.",
+        "absolute times are quoted only from the GPU. `bench/compare_configs.py` trains several trainer settings",
+        "side by side on these models (how the data sizes below were chosen; its docstring has the command).",
         "",
     ]
     if run_info:

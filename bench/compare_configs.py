@@ -1,0 +1,159 @@
+"""Side by side: learned-schedule quality under several trainer settings, on the benchmark's models.
+
+For deciding whether a change to the recipe helps: every setting is trained on the same teacher pairs
+(per model and seed) and scored on the same held-out noises against the best built-in schedule of the
+cell, exactly as ``bench/quality.py`` scores the suite.
+
+    .venv/bin/python bench/compare_configs.py --models mix-eps-4x16x16 mix-flow-16x16x16 \\
+        --samplers dpmpp_2m uni_pc euler ipndm --nfe 4 6 --heldout 256 \\
+        --config 'pairs48={"samples": 48}' --config 'pairs100={}' --config 'batch2={"batch_size": 2}'
+
+A setting is NAME=JSON: ``TrainConfig`` fields (batch_size, lr_steps, epochs_phase2, soft_gamma, ...)
+and optionally "samples", to train on the first N teacher pairs only (training and validation
+alternate, so half of them validate). --samples and --heldout change the data sizes (default: the
+suite's); the data is cached under bench/out/cache by size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import env, quality  # noqa: E402
+
+
+def _init(sizes: dict) -> None:
+    env.bootstrap(threads=1)
+    quality.quiet()
+    quality.override_budget(**sizes)
+
+
+def _prepare(job):
+    quality.prepare_job(job)
+
+
+def _run(job: tuple[str, int, list[str], list[int], dict]) -> list[dict]:
+    from bench import models
+    from ld3_core import api
+    from ld3_core.losses import make_loss
+    from ld3_core.teacher import TeacherData
+    from ld3_core.trainer import TrainConfig
+
+    name, seed, samplers, nfes, settings = job
+    bm, size = quality._model(name), quality.budget(name)
+    teacher = quality._teacher(name, seed)
+    heldout = quality._data(name, None)
+    noise, ref = heldout["noise"], heldout["ref"]
+    eval_batch = 32 if bm.exact else 4
+    rows = []
+    for sampler in samplers:
+        for nfe in nfes:
+            steps = models.steps_for_nfe(sampler, nfe)
+            builtins = [
+                quality._heldout(bm, sampler, sigmas, None, noise, ref, False, eval_batch)["error"]
+                for sigmas in api.candidate_schedules(bm.patcher, steps, sampler).values()
+            ]
+            best = min(builtins)
+            for label, setting in settings.items():
+                fields = dict(setting)
+                n = fields.pop("samples", None)
+                data = teacher
+                if n:
+                    data = TeacherData(
+                        **{
+                            k: getattr(teacher, k)[:n]
+                            for k in ("noise", "targets", "prompt_index", "is_validation")
+                        },
+                        info={},
+                    )
+                config = TrainConfig(
+                    **{
+                        "steps": steps,
+                        "batch_size": size.batch_size,
+                        "seed": seed,
+                        **fields,
+                    }
+                )
+                result = api.learn_schedule(bm.patcher, data, [bm.cond], sampler, config, make_loss("l2"))
+                stats = quality._heldout(
+                    bm, sampler, result.step_sigmas, result.eval_sigmas, noise, ref, True, eval_batch
+                )
+                rows.append(
+                    {
+                        "model": name,
+                        "sampler": sampler,
+                        "nfe": nfe,
+                        "seed": seed,
+                        "setting": label,
+                        "ratio": stats["error"] / best,
+                        "flip_rate": stats.get("flip_rate"),
+                        "validation_curve": result.validation_curve,
+                    }
+                )
+    return rows
+
+
+def summarise(rows: list[dict], labels: list[str]) -> str:
+    cells: dict[tuple, dict[str, list[float]]] = {}
+    for row in rows:
+        key = (row["model"], row["sampler"], row["nfe"])
+        cells.setdefault(key, {}).setdefault(row["setting"], []).append(row["ratio"])
+    lines = ["ratio = held-out mean RMSE / best built-in's, mean over seeds", "cell | " + " | ".join(labels)]
+    means: dict[str, list[float]] = {label: [] for label in labels}
+    for key in sorted(cells):
+        values = [statistics.mean(cells[key][label]) for label in labels]
+        for label, value in zip(labels, values, strict=True):
+            means[label].append(value)
+        lines.append(f"{key[0]} {key[1]} NFE {key[2]} | " + " | ".join(f"{v:.3f}" for v in values))
+    for label in labels:
+        v = means[label]
+        lines.append(
+            f"{label}: mean {statistics.mean(v):.3f}, median {statistics.median(v):.3f}, "
+            f"beats the best built-in in {sum(x < 1 for x in v)}/{len(v)}, <= 0.7x in {sum(x <= 0.7 for x in v)}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", required=True)
+    parser.add_argument("--samplers", nargs="+", default=["dpmpp_2m"])
+    parser.add_argument("--nfe", nargs="+", type=int, default=[4, 6])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--config", action="append", required=True, help="NAME=JSON (see the module doc)")
+    parser.add_argument("--samples", type=int, help="teacher pairs per seed (default: the suite's)")
+    parser.add_argument("--heldout", type=int, help="held-out noises per model (default: the suite's)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, help="write the per-seed rows as JSON")
+    args = parser.parse_args(argv)
+
+    settings = {}
+    for item in args.config:
+        label, _, text = item.partition("=")
+        try:
+            settings[label] = json.loads(text or "{}")
+        except json.JSONDecodeError as exc:
+            parser.error(f"--config {item!r}: the part after '=' is not JSON ({exc})")
+    sizes = {k: v for k, v in (("samples", args.samples), ("heldout", args.heldout)) if v}
+    started = time.perf_counter()
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(args.workers, initializer=_init, initargs=(sizes,)) as pool:
+        pool.map(_prepare, quality.data_jobs(args.models, args.seeds), chunksize=1)
+        jobs = [(m, s, args.samplers, args.nfe, settings) for m in args.models for s in args.seeds]
+        rows = [row for rows in pool.map(_run, jobs, chunksize=1) for row in rows]
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=1))
+    print(summarise(rows, list(settings)))
+    print(f"{time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
