@@ -44,15 +44,19 @@ PACK_DIR_NAME = "ComfyUI-LD3"  # the folder name under custom_nodes/ (scripts/se
 SERVER_START_TIMEOUT_S = 120.0
 
 
-def _load_script_module(name: str) -> types.ModuleType:
+def load_script_module(name: str) -> types.ModuleType:
     """A module from scripts/, by path (scripts/ is not put on sys.path beside ComfyUI's modules)."""
-    spec = importlib.util.spec_from_file_location(f"ld3_scripts_{name}", PACK_ROOT / "scripts" / f"{name}.py")
+    module_name = f"ld3_scripts_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, PACK_ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
 
-comfy_launch = _load_script_module("comfy_launch")  # the same launch as scripts/build_workflows.py
+comfy_launch = load_script_module("comfy_launch")  # the same launch as scripts/build_workflows.py
 
 
 # -- the pack, imported the way ComfyUI's loader does (nodes.load_custom_node) ----------------------

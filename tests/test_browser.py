@@ -6,33 +6,21 @@ predicts (so test_workflows.py reads widgets_values right), the values are the f
 app.graphToPrompt() gives exactly the API twin. Screenshots go to test-artifacts/browser/.
 """
 
-import importlib.util
 import json
 import os
 import shutil
-import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import load_script_module
 from workflow_files import PACK_ROOT, WORKFLOW_NAMES, load_api, load_ui
 from workflow_schema import FRONTEND_ONLY, widgets
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 
 
-def _build_workflows_module():
-    """scripts/build_workflows.py: the one place that knows how to launch chromium for the frontend."""
-    spec = importlib.util.spec_from_file_location(
-        "ld3_build_workflows", PACK_ROOT / "scripts" / "build_workflows.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-_BUILD = _build_workflows_module()
+_BUILD = load_script_module("build_workflows")  # the one place that knows how to launch chromium
 CHROMIUM = _BUILD.CHROMIUM
 CHROMIUM_FLAGS = _BUILD.CHROMIUM_FLAGS
 ARTIFACTS = PACK_ROOT / "test-artifacts" / "browser"

@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 import torch
-from conftest import COMFYUI_DIR, PACK_DIR_NAME, PACK_ROOT, log_tail
+from conftest import COMFYUI_DIR, PACK_DIR_NAME, load_script_module, log_tail
 
 SCHEDULE_DIR = COMFYUI_DIR / "models" / "ld3"
 SAMPLER = "dpmpp_2m"
@@ -216,7 +216,7 @@ def test_pipeline_trains_saves_compares_and_samples(comfy_server, schedule_names
     assert tensor_values(custom) == pytest.approx(tensor_values(ksampler), abs=1e-4)
 
     report = outputs["report"]["text"][0]
-    rows = _demo_script().parse_report(report)
+    rows = load_script_module("demo").parse_report(report)
     names = [row["schedule"] for row in rows]
     assert "sigmas(ld3)" in names and "karras" in names, report
     learned = rows[names.index("sigmas(ld3)")]
@@ -463,13 +463,6 @@ def test_interrupt_keeps_a_valid_best_so_far_schedule(comfy_server, schedule_nam
 # -- the node-independent glue ----------------------------------------------------------------------
 
 
-def _demo_script():
-    spec = importlib.util.spec_from_file_location("ld3_demo_script", PACK_ROOT / "scripts" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_register_pack_is_idempotent(ld3_pack):
     import comfy.samplers
     import folder_paths
@@ -521,7 +514,7 @@ def test_report_rows_and_text_round_trip(ld3_pack):
     assert [r[0] for r in rows] == ["sigmas(ld3)", "karras", "simple"]
     assert rows[0][4] == "0.333" and rows[1][4] == "1.000" and rows[2][3] == "0.00000"
     text = compare.format_report(rows, SAMPLER, 2)
-    parsed = _demo_script().parse_report(text)
+    parsed = load_script_module("demo").parse_report(text)
     assert parsed[0] == {
         "schedule": "sigmas(ld3)",
         "steps": "4",
@@ -529,13 +522,13 @@ def test_report_rows_and_text_round_trip(ld3_pack):
         "rmse_sd": "0.00000",
         "vs_best_builtin": "0.333",
     }
-    assert "3.00x lower" in _demo_script().summary_line(4, parsed)
+    assert "3.00x lower" in load_script_module("demo").summary_line(4, parsed)
 
 
 def test_demo_graph_uses_the_published_node_inputs(ld3_node_classes):
     """scripts/demo.py's graph names only inputs the nodes define (saved workflows rely on them)."""
     schemas = {cls.GET_SCHEMA().node_id: cls.GET_SCHEMA() for cls in ld3_node_classes}
-    for node in _demo_script().demo_graph().values():
+    for node in load_script_module("demo").demo_graph().values():
         schema = schemas.get(node["class_type"])
         if schema is None:
             continue
