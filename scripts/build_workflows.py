@@ -28,6 +28,7 @@ COMFYUI_DIR = ROOT / ".comfyui" / "ComfyUI"
 
 sys.path.append(str(ROOT / "scripts"))  # also when tests load this file by path; last, to shadow nothing
 import comfy_launch  # noqa: E402
+import recipe  # noqa: E402
 
 WORKFLOWS = ROOT / "workflows"
 CHROMIUM = "/usr/bin/chromium"
@@ -128,13 +129,7 @@ def _train_sigmas(sampler: str, steps: int, schedule_name: str) -> Node:
             "sampler_name": sampler,
             "steps": steps,
             "loss": "lpips",
-            "soft_gamma": 0.001,
-            "decoupled_times": True,
-            "epochs_phase1": 2,
-            "epochs_phase2": 3,
-            "lr_steps": 0.001,
-            "batch_size": 1,
-            "seed": 0,
+            **recipe.TRAIN_RECIPE,
             "schedule_name": schedule_name,
         },
     )

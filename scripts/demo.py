@@ -14,6 +14,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+sys.path.append(str(Path(__file__).resolve().parent))  # also when tests load this file by path
+from recipe import TRAIN_RECIPE  # noqa: E402
+
 NFES = (4, 6, 8)
 SAMPLER = "dpmpp_2m"
 
@@ -52,13 +55,7 @@ def demo_graph(nfes=NFES, samples: int = 16, teacher_steps: int = 30, prefix: st
                 "sampler_name": SAMPLER,
                 "steps": nfe,
                 "loss": "l2",
-                "soft_gamma": 0.001,
-                "decoupled_times": True,
-                "epochs_phase1": 2,
-                "epochs_phase2": 3,
-                "lr_steps": 0.001,
-                "batch_size": 1,
-                "seed": 0,
+                **TRAIN_RECIPE,
                 "schedule_name": f"{prefix}_{SAMPLER}_nfe{nfe}",
             },
         }
