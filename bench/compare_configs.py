@@ -44,20 +44,18 @@ def _run(job: tuple[str, int, list[str], list[int], dict]) -> list[dict]:
     from ld3_core import api
     from ld3_core.losses import make_loss
     from ld3_core.teacher import TeacherData
-    from ld3_core.trainer import TrainConfig
 
     name, seed, samplers, nfes, settings = job
-    bm, size = quality._model(name), quality.budget(name)
+    bm = quality._model(name)
     teacher = quality._teacher(name, seed)
     heldout = quality._data(name, None)
     noise, ref = heldout["noise"], heldout["ref"]
-    eval_batch = 32 if bm.exact else 4
     rows = []
     for sampler in samplers:
         for nfe in nfes:
             steps = models.steps_for_nfe(sampler, nfe)
             builtins = [
-                quality._heldout(bm, sampler, sigmas, None, noise, ref, False, eval_batch)["error"]
+                quality._heldout(bm, sampler, sigmas, None, noise, ref, False)["error"]
                 for sigmas in api.candidate_schedules(bm.patcher, steps, sampler).values()
             ]
             best = min(builtins)
@@ -73,17 +71,10 @@ def _run(job: tuple[str, int, list[str], list[int], dict]) -> list[dict]:
                         },
                         info={},
                     )
-                config = TrainConfig(
-                    **{
-                        "steps": steps,
-                        "batch_size": size.batch_size,
-                        "seed": seed,
-                        **fields,
-                    }
-                )
+                config = quality.train_config(name, steps, **{"seed": seed, **fields})
                 result = api.learn_schedule(bm.patcher, data, [bm.cond], sampler, config, make_loss("l2"))
                 stats = quality._heldout(
-                    bm, sampler, result.step_sigmas, result.eval_sigmas, noise, ref, True, eval_batch
+                    bm, sampler, result.step_sigmas, result.eval_sigmas, noise, ref, True
                 )
                 rows.append(
                     {

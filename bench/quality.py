@@ -114,6 +114,24 @@ def _model(name: str):
     return _MODELS[name]
 
 
+def eval_batch(bm) -> int:
+    """Samples per call where nothing is differentiated (held-out sets, the trainer's validation).
+
+    A mixture's denoiser call costs ~1 ms of ComfyUI's per-call Python whatever the batch, so it takes
+    a whole held-out set at once; the tiny networks are compute-bound. The results do not depend on it:
+    every sample is solved on its own (the same numbers at 8 and 128 per call, checked on one job).
+    """
+    return 128 if bm.exact else 8
+
+
+def train_config(name: str, steps: int, **fields):
+    """The trainer's settings for a bench model: the paper's recipe with the bench's batch sizes."""
+    from ld3_core.trainer import TrainConfig
+
+    sizes = {"batch_size": budget(name).batch_size, "eval_batch_size": eval_batch(_model(name))}
+    return TrainConfig(steps=steps, **{**sizes, **fields})
+
+
 def _reference(bm, noise: torch.Tensor, batch: int) -> torch.Tensor:
     """The reference endpoint for unit noise: the exact 500-step solve or the teacher."""
     from ld3_core.comfy_adapter import sample_stock
@@ -143,12 +161,12 @@ def _make(name: str, seed: int | None) -> dict:
     started = time.perf_counter()
     if seed is None:
         noise = start_noise(bm.latent_shape, HELDOUT_SEED, size.heldout)
-        out = {"noise": noise, "ref": _reference(bm, noise, 32 if bm.exact else 4)}
+        out = {"noise": noise, "ref": _reference(bm, noise, eval_batch(bm))}
     elif bm.exact:
         noise = start_noise(bm.latent_shape, 1000 * seed, size.samples)
         out = {
             "noise": noise,
-            "targets": _reference(bm, noise, 32),
+            "targets": _reference(bm, noise, eval_batch(bm)),
             "prompt_index": torch.zeros(size.samples, dtype=torch.long),
             "is_validation": torch.arange(size.samples) % 2 == 1,  # the split generate_teacher makes
         }
@@ -217,11 +235,11 @@ def _stats(bm, out: torch.Tensor, ref: torch.Tensor) -> dict:
     return stats
 
 
-def _heldout(bm, sampler, step_sigmas, eval_sigmas, noise, ref, learned: bool, batch: int) -> dict:
+def _heldout(bm, sampler, step_sigmas, eval_sigmas, noise, ref, learned: bool) -> dict:
     from ld3_core import api
     from ld3_core.comfy_adapter import sample_stock
 
-    outs = []
+    outs, batch = [], eval_batch(bm)
     for i in range(0, len(noise), batch):
         chunk = noise[i : i + batch]
         if learned:  # what a user gets: the stock sampler on the LD3-patched model
@@ -242,14 +260,12 @@ def run_job(job: tuple[str, int, list[Cell]]) -> list[dict]:
     from bench import models
     from ld3_core import api
     from ld3_core.losses import make_loss
-    from ld3_core.trainer import TrainConfig
 
     name, seed, cells = job
-    bm, size = _model(name), budget(name)
+    bm = _model(name)
     teacher = _teacher(name, seed)
     heldout = _data(name, None)
     noise, ref = heldout["noise"], heldout["ref"]
-    eval_batch = 32 if bm.exact else 4
     rows = []
     for cell in cells:
         steps = models.steps_for_nfe(cell.sampler, cell.nfe)
@@ -266,16 +282,12 @@ def run_job(job: tuple[str, int, list[Cell]]) -> list[dict]:
         }
         schedules.update({n: (s, "extra") for n, s in api.extra_schedules(bm.patcher, steps).items()})
         for method, (sigmas, kind) in schedules.items():
-            stats = _heldout(bm, cell.sampler, sigmas, None, noise, ref, False, eval_batch)
+            stats = _heldout(bm, cell.sampler, sigmas, None, noise, ref, False)
             rows.append({**base, "method": method, "kind": kind, **stats, "sigmas": sigmas.tolist()})
         for variant in cell.variants:
             spec = VARIANTS[variant]
-            config = TrainConfig(
-                steps=steps,
-                soft_gamma=spec["soft_gamma"],
-                decoupled=spec["decoupled"],
-                batch_size=size.batch_size,
-                seed=seed,
+            config = train_config(
+                name, steps, soft_gamma=spec["soft_gamma"], decoupled=spec["decoupled"], seed=seed
             )
             loss = make_loss(spec["loss"], vae=bm.vae, lpips_weights=str(env.LPIPS_WEIGHTS))
             started = time.perf_counter()
@@ -287,13 +299,11 @@ def run_job(job: tuple[str, int, list[Cell]]) -> list[dict]:
                 )
                 continue
             train_s = time.perf_counter() - started
-            stats = _heldout(
-                bm, cell.sampler, result.step_sigmas, result.eval_sigmas, noise, ref, True, eval_batch
-            )
+            stats = _heldout(bm, cell.sampler, result.step_sigmas, result.eval_sigmas, noise, ref, True)
             # The starting schedule through the same LD3 patch (continuous time): separates what the
             # learned schedule gains from what the patch's un-rounded timesteps alone change.
             init_sigmas = schedules[result.initial_scheduler][0]
-            init_patched = _heldout(bm, cell.sampler, init_sigmas, None, noise, ref, True, eval_batch)
+            init_patched = _heldout(bm, cell.sampler, init_sigmas, None, noise, ref, True)
             stats["init_patched_error"] = init_patched["error"]
             stats["init_patched_error_median"] = init_patched["error_median"]
             rows.append(
