@@ -1,0 +1,72 @@
+"""Every latent layout ComfyUI samples goes through LD3 end to end: 3-D audio, 4-D images, 5-D video.
+
+Shapes come from the tensors: a teacher is generated for the latent's shape, saved and read back, a
+schedule is learned on it, and the stock KSampler with the ``ld3`` scheduler on the patched MODEL then
+gives exactly what the trainer's differentiable student computed for that schedule.
+"""
+
+import comfy.sample
+import pytest
+import torch
+
+from ld3_core import api
+from ld3_core.comfy_adapter import Conditioning, DifferentiableSampler
+from ld3_core.losses import make_loss
+from ld3_core.mixture import make_mixture, mixture_conditioning, mixture_model_patcher
+from ld3_core.model_patch import patch_model
+from ld3_core.scheduler import register_ld3_scheduler
+from ld3_core.teacher import generate_teacher
+from ld3_core.teacher_file import parse_teacher_bytes, teacher_file_bytes
+from ld3_core.trainer import TrainConfig
+
+LAYOUTS = {
+    "audio [C, L]": ((8, 32), "eps"),
+    "image, 16 channels [C, H, W]": ((16, 4, 4), "flow"),
+    "video [C, T, H, W]": ((16, 2, 4, 4), "flow"),
+}
+TEACHER_SCHEDULER = {"eps": "karras", "flow": "simple"}
+SAMPLER = "dpmpp_2m"
+STEPS = 4
+
+
+@pytest.mark.parametrize("shape, kind", LAYOUTS.values(), ids=LAYOUTS.keys())
+def test_teacher_training_and_ksampler_follow_the_latent_shape(shape, kind):
+    register_ld3_scheduler()
+    model = mixture_model_patcher(make_mixture(shape, seed=0, dtype=torch.float32), kind)
+    positive, negative = mixture_conditioning()
+    cond = Conditioning(positive, negative, 1.0)
+
+    teacher = generate_teacher(
+        model, [cond], shape, count=8, seed=0, sampler=SAMPLER, scheduler=TEACHER_SCHEDULER[kind], steps=20
+    )
+    assert teacher.noise.shape == teacher.targets.shape == (8, *shape)
+    loaded = parse_teacher_bytes(teacher_file_bytes(teacher, {}))
+    assert torch.equal(loaded.targets, teacher.targets) and loaded.info["latent_shape"] == list(shape)
+
+    config = TrainConfig(steps=STEPS, epochs_phase1=1, epochs_phase2=1, batch_size=2)
+    result = api.learn_schedule(model, loaded, [cond], SAMPLER, config, make_loss("l2"))
+    assert result.completed
+    assert result.best_validation_loss < 0.95 * result.initial_validation_loss, result
+
+    # The user's path: the stock KSampler, scheduler "ld3", on the MODEL carrying the learned schedule.
+    patched = patch_model(model, result.step_sigmas, result.eval_sigmas, SAMPLER)
+    noise = teacher.noise[:2]
+    with torch.inference_mode():
+        sampled = comfy.sample.sample(
+            patched,
+            noise,
+            STEPS,
+            1.0,
+            SAMPLER,
+            "ld3",
+            positive,
+            negative,
+            torch.zeros_like(noise),
+            disable_pbar=True,
+            seed=0,
+        )
+    trained = DifferentiableSampler(model, SAMPLER)(
+        noise, cond, result.step_sigmas.clone().requires_grad_(), result.eval_sigmas.clone().requires_grad_()
+    )
+    assert sampled.shape == noise.shape
+    torch.testing.assert_close(sampled, trained.detach(), rtol=1e-5, atol=1e-5 * float(trained.abs().max()))
