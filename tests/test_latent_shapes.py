@@ -6,8 +6,11 @@ gives exactly what the trainer's differentiable student computed for that schedu
 """
 
 import comfy.sample
+import comfy.sd
 import pytest
+import tiny_models
 import torch
+from conftest import COMFYUI_DIR
 
 from ld3_core import api
 from ld3_core.comfy_adapter import Conditioning, DifferentiableSampler
@@ -19,6 +22,7 @@ from ld3_core.teacher import generate_teacher
 from ld3_core.teacher_file import parse_teacher_bytes, teacher_file_bytes
 from ld3_core.trainer import TrainConfig
 
+LPIPS_WEIGHTS = COMFYUI_DIR / "models" / "lpips" / "alexnet.safetensors"
 LAYOUTS = {
     "audio [C, L]": ((8, 32), "eps"),
     "image, 16 channels [C, H, W]": ((16, 4, 4), "flow"),
@@ -70,3 +74,46 @@ def test_teacher_training_and_ksampler_follow_the_latent_shape(shape, kind):
     )
     assert sampled.shape == noise.shape
     torch.testing.assert_close(sampled, trained.detach(), rtol=1e-5, atol=1e-5 * float(trained.abs().max()))
+
+
+def tiny_wan_vae() -> comfy.sd.VAE:
+    """ComfyUI's Wan 2.1 video VAE (causal 3-D, 4x in time, 8x in space) at toy width, random weights."""
+    import comfy.ldm.wan.vae
+
+    module = comfy.ldm.wan.vae.WanVAE(
+        dim=8,  # ComfyUI reads the width back from decoder.head.0.gamma
+        z_dim=16,
+        dim_mult=[1, 2, 4, 4],
+        num_res_blocks=2,
+        attn_scales=[],
+        temperal_downsample=[False, True, True],
+        dropout=0.0,
+    )
+    tiny_models.init_weights(module, seed=0)
+    return comfy.sd.VAE(sd=module.state_dict())
+
+
+def test_lpips_through_a_video_vae_compares_every_frame_and_trains():
+    vae = tiny_wan_vae()
+    assert vae.latent_dim == 3  # ComfyUI took it for a video VAE
+    loss = make_loss("lpips", vae=vae, lpips_weights=str(LPIPS_WEIGHTS))
+    shape = (16, 2, 4, 4)  # 2 latent frames -> 5 video frames of 32 x 32
+    targets = torch.randn((2, *shape), generator=torch.Generator().manual_seed(0))
+    prepared = loss.prepare(targets)
+    assert prepared.shape == (2, 5, 3, 32, 32)  # [sample, frame, C, H, W]
+    assert torch.allclose(loss(targets, prepared), torch.zeros(2), atol=1e-6)
+    # The last latent frame only reaches the later video frames: the loss must see them too.
+    moved = targets.clone()
+    moved[:, :, -1] += 0.5 * torch.randn_like(moved[:, :, -1])
+    assert (loss(moved, prepared) > 1e-3).all()
+
+    model = mixture_model_patcher(make_mixture(shape, seed=0, dtype=torch.float32), "flow")
+    cond = Conditioning(*mixture_conditioning(), 1.0)
+    teacher = generate_teacher(
+        model, [cond], shape, count=4, seed=0, sampler="euler", scheduler="simple", steps=10
+    )
+    config = TrainConfig(steps=3, epochs_phase1=1, epochs_phase2=1)
+    result = api.learn_schedule(model, teacher, [cond], "euler", config, loss)
+    assert result.completed and len(result.train_curve) == 4
+    assert all(torch.isfinite(torch.tensor(result.train_curve)))
+    assert result.best_validation_loss <= result.initial_validation_loss
