@@ -56,12 +56,18 @@ class GaussianMixture(torch.nn.Module):
         means = self.means.reshape(self.means.shape[0], -1).to(dtype)  # [K, D]
         prior_var = self.stds.to(dtype) ** 2  # [K]
         var = alpha**2 * prior_var + sigma**2  # [B, K]: x | k ~ N(alpha mu_k, var I)
-        diff = flat[:, None, :] - alpha[:, :, None] * means  # [B, K, D]
-        log_lik = -0.5 * flat.shape[1] * var.log() - 0.5 * diff.pow(2).sum(-1) / var
+        # |x - alpha mu_k| directly (no |x|^2 - 2 x.mu + |mu|^2 expansion, which cancels at small sigma);
+        # the one [B, K, D] temporary is the difference itself.
+        dist = torch.linalg.vector_norm(
+            torch.addcmul(flat[:, None], alpha[:, :, None], means, value=-1), dim=-1
+        )
+        log_lik = -0.5 * flat.shape[1] * var.log() - 0.5 * dist.square() / var
         # Responsibilities through a log-softmax: the likelihoods differ by hundreds of nats at small sigma.
         resp = torch.softmax(self.log_weights.to(dtype) + log_lik, dim=1)
-        gain = alpha * prior_var / var  # [B, K]: Gaussian posterior mean mu_k + gain * (x - alpha mu_k)
-        mean = (resp[..., None] * (means + gain[..., None] * diff)).sum(1)
+        # Per component the Gaussian posterior mean mu_k + g (x - alpha mu_k) with g = alpha s_k^2 / var,
+        # i.e. g x + (sigma^2 / var) mu_k; summed over the responsibilities: one matmul for the means.
+        gain = alpha * prior_var / var  # [B, K]
+        mean = (resp * gain).sum(1, keepdim=True) * flat + (resp * sigma**2 / var) @ means
         return mean.reshape(x.shape).to(x.dtype)
 
     def denoise(self, x: torch.Tensor, sigma) -> torch.Tensor:
