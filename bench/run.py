@@ -1,6 +1,6 @@
 """The CPU benchmark suite in one command: quality, cost and memory -> bench/results/*.json + BENCHMARKS.md.
 
-    .venv/bin/python bench/run.py            # the full CPU suite (about 17 minutes on 2 cores)
+    .venv/bin/python bench/run.py            # the full CPU suite (about 15 minutes on 2 cores)
     .venv/bin/python bench/run.py --quick    # one seed, a few cells: checks the plumbing in ~2 minutes
 
 Work runs in worker processes (one torch thread each): the cost + memory suite in one of them while
