@@ -2,7 +2,8 @@
 
 Shapes come from the tensors: a teacher is generated for the latent's shape, saved and read back, a
 schedule is learned on it, and the stock KSampler with the ``ld3`` scheduler on the patched MODEL then
-gives exactly what the trainer's differentiable student computed for that schedule.
+gives exactly what the trainer's differentiable student computed for that schedule. The LPIPS loss
+compares every frame a video VAE decodes, and refuses an audio VAE's waveform with what to do.
 """
 
 import comfy.sample
@@ -14,6 +15,7 @@ from conftest import COMFYUI_DIR
 
 from ld3_core import api
 from ld3_core.comfy_adapter import Conditioning, DifferentiableSampler
+from ld3_core.errors import LD3InputError
 from ld3_core.losses import make_loss
 from ld3_core.mixture import make_mixture, mixture_conditioning, mixture_model_patcher
 from ld3_core.model_patch import patch_model
@@ -117,3 +119,14 @@ def test_lpips_through_a_video_vae_compares_every_frame_and_trains():
     assert result.completed and len(result.train_curve) == 4
     assert all(torch.isfinite(torch.tensor(result.train_curve)))
     assert result.best_validation_loss <= result.initial_validation_loss
+
+
+def test_lpips_with_an_audio_vae_is_refused_with_what_to_do():
+    # ComfyUI builds Stable Audio's Oobleck VAE at its one size (156 M parameters; random weights here).
+    import comfy.ldm.audio.autoencoder
+
+    vae = comfy.sd.VAE(sd=comfy.ldm.audio.autoencoder.AudioOobleckVAE().state_dict())
+    assert vae.latent_dim == 1  # ComfyUI took it for an audio VAE
+    loss = make_loss("lpips", vae=vae, lpips_weights=str(LPIPS_WEIGHTS))
+    with pytest.raises(LD3InputError, match=r"^loss: LPIPS needs images.*\[1, 2, 4096\].*Use the L2 loss"):
+        loss.prepare(torch.randn(1, 64, 2))  # 2 latent samples -> a stereo waveform of 4096
