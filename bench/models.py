@@ -1,4 +1,4 @@
-"""The benchmark models: exact Gaussian mixtures and the tiny test models, with their reference schedules.
+"""The benchmark models: exact Gaussian mixtures, the tiny test models and a trained digits network.
 
 Every model is a real ComfyUI MODEL (ModelPatcher); conditioning, CFG and noise scaling are ComfyUI's.
 Import after ``bench.env.bootstrap()``.
@@ -24,7 +24,7 @@ class BenchModel:
     patcher: object
     cond: Conditioning
     latent_shape: tuple[int, ...]  # one sample, no batch dimension
-    family: str  # "sd1" (SD1.x discrete sigmas) or "flow"
+    family: str  # "sd1" (SD1.x discrete sigmas), "edm" (continuous EDM sigmas) or "flow"
     exact: bool  # True: reference = exact endpoint (500-step solve); False: the teacher
     teacher_scheduler: str
     teacher_steps: int
@@ -101,9 +101,24 @@ def build(name: str) -> BenchModel:
             teacher_scheduler="simple",
             teacher_steps=20,
         )
+    if name == "digits-edm":
+        from bench import digits
+
+        return BenchModel(
+            name=name,
+            patcher=digits.build_digits_model(),
+            cond=Conditioning(*digits.conditioning(), 1.0),
+            latent_shape=digits.LATENT_SHAPE,
+            family="edm",
+            exact=False,  # a trained network: the reference is its own many-step solve
+            teacher_scheduler="karras",
+            teacher_steps=EXACT_STEPS,
+            notes={"weights": digits.WEIGHTS.name},
+        )
     raise KeyError(name)
 
 
+# The default suite. Also buildable: "digits-edm" (bench/digits.py), a trained network, not yet in it.
 MODELS = (
     "mix-eps-4x16x16",
     "mix-eps-4x32x32",

@@ -68,6 +68,8 @@ def grid(model: str) -> list[Cell]:
         if model == "tiny-sd15-eps":
             cells += [Cell("dpmpp_2m", nfe, MAIN) for nfe in (5, 8, 10)]
         return cells
+    if model == "digits-edm":  # a trained network (bench/digits.py): the paper's four solvers at NFE 4 and 6
+        return [Cell(s, nfe, MAIN) for nfe in (4, 6) for s in PAPER_SAMPLERS]
     raise KeyError(model)
 
 
