@@ -8,7 +8,7 @@ from comfy_api.latest import io
 
 from ..ld3_core.comfy_adapter import Conditioning
 from ..ld3_core.schedule_file import validate_schedule_name
-from ..ld3_core.teacher import generate_teacher
+from ..ld3_core.teacher import AUTO, check_teacher_sampler, generate_teacher, teacher_schedulers
 from ..ld3_core.teacher_file import check_prompts, parse_teacher_bytes
 from ._common import (
     NodeProgress,
@@ -88,13 +88,16 @@ class LD3GenerateTeacher(io.ComfyNode):
                     "sampler_name",
                     options=comfy.samplers.SAMPLER_NAMES,
                     default="dpmpp_2m",
-                    tooltip="The teacher's sampler: a strong deterministic solver (not ancestral/SDE).",
+                    tooltip="The teacher's sampler: a strong deterministic solver. Ancestral, SDE and other "
+                    "samplers that add fresh noise are refused (they do not solve the ODE).",
                 ),
                 io.Combo.Input(
                     "scheduler",
-                    options=comfy.samplers.SCHEDULER_NAMES,
-                    default="karras",
-                    tooltip="The teacher's scheduler.",
+                    options=teacher_schedulers(),
+                    default=AUTO,
+                    tooltip="The teacher's scheduler. auto: the most accurate one for the model's type "
+                    "(measured: beta for flow models such as Flux / SD3, karras for eps / v-prediction / "
+                    "EDM); the one used is in the report and the teacher file.",
                 ),
                 io.Int.Input(
                     "steps",
@@ -120,6 +123,13 @@ class LD3GenerateTeacher(io.ComfyNode):
             ],
             outputs=[Teacher.Output(display_name="teacher", tooltip="Teacher data for LD3 Train Sigmas.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, sampler_name: str | None = None) -> bool | str:
+        # Refuse a noisy or unknown sampler when the prompt is queued (ComfyUI 0.3.75 does not check v3
+        # combo values itself). Only this input: ComfyUI labels a failure with every input taken here.
+        # The scheduler list never offers 'ld3'; generate_teacher refuses it before sampling.
+        return validation_answer(check_teacher_sampler(sampler_name) if sampler_name is not None else None)
 
     @classmethod
     def execute(
