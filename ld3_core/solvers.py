@@ -182,12 +182,22 @@ class _DeisWithGradients:
         return getattr(self._deis, name)
 
 
+# Name parts of ComfyUI's samplers that add fresh noise at every step (ancestral, SDE incl. er_sde,
+# ddpm, lcm, seeds_2/3, sa_solver/_pece): they sample the SDE, not the probability-flow ODE.
+STOCHASTIC_TAGS: tuple[str, ...] = ("ancestral", "sde", "ddpm", "lcm", "seeds", "sa_solver")
+
+
+def is_stochastic(sampler_name: str) -> bool:
+    """True for samplers that inject fresh noise, so their result is not the ODE's solution."""
+    return any(tag in sampler_name for tag in STOCHASTIC_TAGS)
+
+
 def check_sampler(sampler_name: str, input_name: str = "sampler_name") -> str:
     """Refuse samplers LD3 cannot train through, listing the supported ones."""
     if sampler_name not in SUPPORTED_SAMPLERS:
         kind = (
             "is stochastic (ancestral/SDE samplers inject fresh noise; LD3 learns ODE solvers)"
-            if any(tag in sampler_name for tag in ("ancestral", "sde", "ddpm", "lcm", "seeds", "sa_solver"))
+            if is_stochastic(sampler_name)
             else "has no usable gradient with respect to its time points"
         )
         raise LD3InputError(

@@ -10,6 +10,24 @@ import torch
 from .comfy_adapter import Conditioning, out_of_memory_guard, sample_stock
 from .errors import LD3InputError
 from .identity import conditioning_sketch, model_identity
+from .scheduler import SCHEDULER_NAME as LEARNED_SCHEDULER
+from .solvers import is_stochastic
+
+AUTO = "auto"
+# What ``auto`` picks (``reference_scheduler``), measured with bench/teacher_schedulers.py (tables in
+# bench/results/teacher_schedulers.md): dpmpp_2m at 20 steps, mean per-sample RMSE to a 500-step solve,
+# and in brackets the best built-in's error at 4 steps, the scale LD3 works at.
+#   flow mixture 16x16x16      beta 0.010, ddim_uniform 0.050, simple 0.18, karras 0.27          [0.16]
+#   flow mixture, shift 3      beta 0.011, kl_optimal 0.034, simple 0.042, karras 0.44           [0.16]
+#   tiny Flux (random)         sgm_uniform 0.231, beta 0.237, simple 0.258, karras 0.260         [0.66]
+#   EPS mixture 4x16x16        exponential 0.0011, karras 0.0027, ddim_uniform 0.014, simple 0.063 [0.052]
+#   tiny SD1.5 EPS (random)    karras 3.5, beta 3.6, simple 4.4, exponential 5.2                 [14]
+#   tiny SD1.5 V (random)      sgm_uniform 0.32, exponential 0.34, karras 0.36, simple 0.39      [2.1]
+#   tiny SD1.5 EDM (random)    kl_optimal 0.40, simple 0.58, karras 0.64, beta 1.0               [3.4]
+# Flow (CONST): beta, 3-5x ahead on the exact mixtures. Everything else: karras, whose error is at most
+# 24 % of the 4-step error on every model (exponential, best on the EPS mixture, reaches 36 %).
+FLOW_REFERENCE_SCHEDULER = "beta"
+DIFFUSION_REFERENCE_SCHEDULER = "karras"
 
 
 @dataclass(frozen=True)
@@ -20,9 +38,9 @@ class TeacherData:
     targets: torch.Tensor  # [M, *latent]: the teacher's output for that noise
     prompt_index: torch.Tensor  # [M] long: which conditioning each sample used
     is_validation: torch.Tensor  # [M] bool
-    info: dict = field(
-        default_factory=dict
-    )  # model, latent shape, cfg, prompts, sampler, scheduler, steps, seed
+    # model, latent shape, cfg, prompts, sampler, scheduler (as used; scheduler_requested: as chosen,
+    # e.g. auto), steps, seed; self_error once the teacher has checked itself (teacher_check.py)
+    info: dict = field(default_factory=dict)
 
     @property
     def train_indices(self) -> list[int]:
@@ -56,6 +74,83 @@ def start_noise(shape: Sequence[int], seed: int, count: int) -> torch.Tensor:
     )
 
 
+def check_teacher_sampler(sampler: str) -> LD3InputError | None:
+    """None for a sampler that solves the ODE deterministically, else the error that says what to do.
+
+    Any deterministic ComfyUI sampler may be the teacher, also those LD3 cannot train (dpm_fast,
+    dpm_adaptive, lms): only the teacher's endpoints are used. Samplers that inject fresh noise do not
+    land on the ODE's solution, so no few-step schedule could learn to reach theirs.
+    """
+    import comfy.samplers
+
+    if sampler not in comfy.samplers.SAMPLER_NAMES:
+        return LD3InputError(
+            "sampler_name",
+            f"unknown sampler '{sampler}'",
+            f"Choose one of: {', '.join(deterministic_samplers())}",
+        )
+    if is_stochastic(sampler):
+        return LD3InputError(
+            "sampler_name",
+            f"'{sampler}' is stochastic (it injects fresh noise at every step), so its samples are not the "
+            "solution of the ODE that a few-step schedule learns to reach",
+            "Use a deterministic sampler for the teacher, e.g. dpmpp_2m, uni_pc, deis or heun",
+        )
+    return None
+
+
+def deterministic_samplers() -> list[str]:
+    """ComfyUI's samplers that may be the teacher (every one that injects no fresh noise)."""
+    import comfy.samplers
+
+    return [name for name in comfy.samplers.SAMPLER_NAMES if not is_stochastic(name)]
+
+
+def check_teacher_scheduler(scheduler: str) -> LD3InputError | None:
+    """None for ``auto`` or a built-in ComfyUI scheduler, else the error that says what to do."""
+    import comfy.samplers
+
+    if scheduler == LEARNED_SCHEDULER:
+        return LD3InputError(
+            "scheduler",
+            f"'{LEARNED_SCHEDULER}' is a learned few-step schedule; the teacher must be an accurate "
+            "many-step solve, not what is being learned",
+            f"Use '{AUTO}' (the reference scheduler for the model's type) or another built-in scheduler",
+        )
+    if scheduler != AUTO and scheduler not in comfy.samplers.SCHEDULER_HANDLERS:
+        return LD3InputError(
+            "scheduler",
+            f"unknown scheduler '{scheduler}'",
+            f"Choose '{AUTO}' or one of: {', '.join(teacher_schedulers()[1:])}",
+        )
+    return None
+
+
+def teacher_schedulers() -> list[str]:
+    """The teacher's scheduler choices: ``auto`` first, then ComfyUI's schedulers (``ld3`` is refused)."""
+    import comfy.samplers
+
+    return [AUTO] + [name for name in comfy.samplers.SCHEDULER_NAMES if name != LEARNED_SCHEDULER]
+
+
+def reference_scheduler(model_sampling) -> str:
+    """The scheduler ``auto`` picks for a model: the most accurate 20-step teacher for its sampling type."""
+    import comfy.model_sampling
+
+    if isinstance(model_sampling, comfy.model_sampling.CONST):
+        return FLOW_REFERENCE_SCHEDULER
+    return DIFFUSION_REFERENCE_SCHEDULER
+
+
+def resolve_scheduler(model_patcher, scheduler: str) -> str:
+    """``scheduler`` itself, or for ``auto`` the reference scheduler of the model's sampling type."""
+    if error := check_teacher_scheduler(scheduler):
+        raise error
+    if scheduler != AUTO:
+        return scheduler
+    return reference_scheduler(model_patcher.get_model_object("model_sampling"))
+
+
 def generate_teacher(
     model_patcher,
     conditionings: Sequence[Conditioning],
@@ -63,19 +158,22 @@ def generate_teacher(
     count: int,
     seed: int,
     sampler: str = "dpmpp_2m",
-    scheduler: str = "karras",
+    scheduler: str = AUTO,
     steps: int = 20,
     batch_size: int = 4,
     progress: Callable[[int, int], None] | None = None,
 ) -> TeacherData:
     """Run the stock sampler on ``count`` seeded noises, prompts taken round-robin."""
+    if error := check_teacher_sampler(sampler):
+        raise error
     if count < 2:
         raise LD3InputError(
             "sample_count", f"{count} samples leave nothing to validate on", "Use at least 2 (paper: 50)"
         )
     if not conditionings:
         raise LD3InputError("positive", "no conditioning given", "Connect at least one prompt")
-    sigmas = schedule_sigmas(model_patcher, scheduler, steps, sampler)
+    resolved = resolve_scheduler(model_patcher, scheduler)
+    sigmas = schedule_sigmas(model_patcher, resolved, steps, sampler)
     noise = start_noise(latent_shape, seed, count)
     prompt_index = torch.arange(count) % len(conditionings)
     # Alternate rounds of prompts between train and validation, so both halves cover every prompt.
@@ -104,7 +202,8 @@ def generate_teacher(
         "model": model_identity(model_patcher),
         "latent_shape": list(latent_shape),
         "sampler": sampler,
-        "scheduler": scheduler,
+        "scheduler": resolved,
+        "scheduler_requested": scheduler,
         "steps": steps,
         "seed": seed,
         "prompts": len(conditionings),

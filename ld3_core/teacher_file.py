@@ -114,6 +114,10 @@ def _info(header: dict) -> dict:
     sketches = info.get("conditioning")
     if sketches is not None and not _sketches_ok(sketches, prompts):
         raise _Invalid("its prompt sketches are malformed")
+    # Teachers from before the self-check have no "self_error"; they load as they are.
+    check = info.get("self_error")
+    if check is not None and not _self_error_ok(check):
+        raise _Invalid("its self-check (self_error) is malformed")
     return {k: v for k, v in info.items() if k not in ("format", "format_version")}
 
 
@@ -153,6 +157,24 @@ def _sketches_ok(sketches: object, prompts: int) -> bool:
         and all(_is_vector(v) for v in sketches[key])
         for key in ("positive", "negative")
     )
+
+
+def _self_error_ok(check: object) -> bool:
+    """``{"rmse", "check_steps", "samples", "few_step_rmse": {"<steps>": rmse}}`` with sane values."""
+    if not isinstance(check, dict) or not {"rmse", "check_steps", "samples", "few_step_rmse"} <= set(check):
+        return False
+    few = check["few_step_rmse"]
+    return (
+        _is_finite_number(check["rmse"])
+        and check["rmse"] >= 0
+        and all(_is_count(check[key]) for key in ("check_steps", "samples"))
+        and isinstance(few, dict)
+        and all(k.isdigit() and _is_finite_number(v) and v >= 0 for k, v in few.items())
+    )
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _is_vector(value: object) -> bool:

@@ -194,3 +194,31 @@ def test_a_teacher_without_sketches_checks_the_count_only():
     check_prompts(teacher, [prompt(7)], prompt(8))
     with pytest.raises(LD3InputError):
         check_prompts(teacher, [prompt(7), prompt(8)], prompt(8))
+
+
+SELF_ERROR = {"rmse": 0.01, "check_steps": 40, "samples": 4, "few_step_rmse": {"4": 0.3, "8": 0.05}}
+
+
+def test_the_self_check_round_trips_and_old_files_without_it_load():
+    teacher = make_teacher()
+    checked = TeacherData(*tensors_of(teacher).values(), info={**teacher.info, "self_error": SELF_ERROR})
+    assert parse_teacher_bytes(teacher_file_bytes(checked, {})).info["self_error"] == SELF_ERROR
+    assert "self_error" not in teacher.info  # make_teacher's info is what files held before the check
+    assert "self_error" not in parse_teacher_bytes(teacher_file_bytes(teacher, {})).info
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "0.01",
+        {k: v for k, v in SELF_ERROR.items() if k != "rmse"},
+        {**SELF_ERROR, "rmse": -1.0},
+        {**SELF_ERROR, "check_steps": 0},
+        {**SELF_ERROR, "samples": True},
+        {**SELF_ERROR, "few_step_rmse": {"four": 0.3}},
+        {**SELF_ERROR, "few_step_rmse": [0.3, 0.05]},
+    ],
+)
+def test_a_malformed_self_check_is_refused(bad):
+    info = {"format": "ld3-teacher", "format_version": 1, **make_teacher().info, "self_error": bad}
+    refused(file_bytes(tensors_of(make_teacher()), info), "self-check")
