@@ -305,7 +305,7 @@ def test_ksampler_path_runs_on_the_mixture():
 
 
 def test_model_refuses_unknown_kind():
-    with pytest.raises(ValueError, match="'eps' or 'flow'"):
+    with pytest.raises(ValueError, match=r"one of \('eps', 'flow', 'flux'\)"):
         mixture_model_patcher(make_mixture((4, 8, 8)), "v")
 
 
