@@ -3,14 +3,15 @@
 LD3 trains the few-step schedule to land where the teacher lands, so a teacher that is itself far from
 the ODE's solution is learned faithfully and silently (a 20-step dpmpp_2m karras teacher of a flow
 mixture: RMSE 0.27 to the exact endpoint, more than the best 4-step built-in's 0.16). After sampling,
-the first few samples are solved again at twice the steps with the same sampler and scheduler; the
-RMSE between the two estimates the teacher's error (for a solver of order p it is (1 - 2^-p) of it:
-3/4 for dpmpp_2m). The same noises solved at 4 and 8 steps give the scale of few-step error. A teacher
-whose error is more than ``ERROR_SHARE`` of that scale is reported with "use more teacher steps".
+the first few noises are solved again at ``REFERENCE_FACTOR`` times the steps with the same sampler and
+scheduler (the reference); the teacher's samples against it give the teacher's error, and the same
+noises solved at 4 and 8 steps give the scale of few-step error. A teacher whose error is more than
+``ERROR_SHARE`` of that scale is reported with "use more teacher steps". (A re-solve at only twice the
+steps is no reference: a scheduler that converges slowly agrees with itself at 20 and 40 steps while
+both are off, and the error reads several times too small.)
 
-Cost at the defaults (50 samples, 20 steps, batch 4): 4 samples x (40 + 4 + 8) steps = 208 sample-steps
-on top of the teacher's 1000, +21 % on a CPU (where time goes with samples x steps), and 52 sampler
-calls on top of 260 (+20 %) where a batch of 4 costs what one sample does (a GPU).
+Cost at the defaults (50 samples, 20 steps): 2 noises x (100 + 4 + 8) = 224 sample-steps on top of the
+teacher's 1000 (+22 %).
 """
 
 from __future__ import annotations
@@ -23,75 +24,31 @@ import torch
 
 from .comfy_adapter import Conditioning, out_of_memory_guard, sample_stock
 from .errors import LD3InputError
-from .teacher import AUTO, TeacherData, generate_teacher, schedule_sigmas
+from .teacher import (
+    AUTO,
+    TEACHER_SAMPLER,
+    TeacherData,
+    check_teacher_inputs,
+    generate_teacher,
+    schedule_sigmas,
+    start_noise,
+)
 
-SELF_CHECK_SAMPLES = 4
+SELF_CHECK_SAMPLES = 2
+REFERENCE_FACTOR = 5  # the reference solve's steps, in teacher steps
 FEW_STEP_CHECKS = (4, 8)
 # A teacher error above this share of the few-step error is a visible part of what the student learns.
 ERROR_SHARE = 0.2
 
 
 def self_check_samples(count: int, prompts: int) -> int:
-    """How many samples the self-check re-solves: up to 4 of the first prompt (one sampler batch)."""
+    """How many noises the self-check solves again: up to 2 of the first prompt (one sampler batch)."""
     return min(SELF_CHECK_SAMPLES, math.ceil(count / max(1, prompts)))
 
 
 def self_check_work(count: int, prompts: int, steps: int) -> int:
     """The self-check's work in sample-steps (the teacher's own is ``count * steps``)."""
-    return self_check_samples(count, prompts) * (2 * steps + sum(FEW_STEP_CHECKS))
-
-
-def measure_self_error(
-    model_patcher,
-    teacher: TeacherData,
-    conditionings: Sequence[Conditioning],
-    batch_size: int = 4,
-    progress: Callable[[int, int], None] | None = None,
-) -> dict:
-    """The teacher's error against a re-solve at twice the steps, and the 4- and 8-step errors.
-
-    Every RMSE is the mean over the checked samples of the per-sample RMSE to the re-solve (the best
-    estimate of the exact endpoint at hand). ``progress(done, total)`` counts sample-steps.
-    """
-    info = teacher.info
-    sampler, scheduler, steps = info["sampler"], info["scheduler"], int(info["steps"])
-    seed = int(info.get("seed", 0))
-    indices = [i for i in range(len(teacher.noise)) if int(teacher.prompt_index[i]) == 0]
-    indices = indices[:SELF_CHECK_SAMPLES]
-    noise, cond = teacher.noise[indices], conditionings[0]
-    total = len(indices) * (2 * steps + sum(FEW_STEP_CHECKS))
-    done = 0
-
-    def solve(n: int) -> torch.Tensor:
-        nonlocal done
-        sigmas = schedule_sigmas(model_patcher, scheduler, n, sampler)
-        outs = []
-        for start in range(0, len(indices), batch_size):
-            batch = noise[start : start + batch_size]
-            with out_of_memory_guard("checking the teacher's error"):
-                outs.append(
-                    sample_stock(model_patcher, cond, sampler, sigmas, batch, seed=seed).float().cpu()
-                )
-            done += len(batch) * n
-            if progress is not None:
-                progress(done, total)
-        out = torch.cat(outs)
-        if not torch.isfinite(out).all():
-            raise LD3InputError(
-                "model",
-                f"the teacher's self-check ({n} steps) produced NaN or Inf",
-                "Check the model and its dtype (try fp32) or lower the CFG",
-            )
-        return out
-
-    check = solve(2 * steps)
-    few_step = {str(n): _mean_rmse(solve(n), check) for n in FEW_STEP_CHECKS}
-    return {
-        "rmse": _mean_rmse(teacher.targets[indices], check),
-        "check_steps": 2 * steps,
-        "samples": len(indices),
-        "few_step_rmse": few_step,
-    }
+    return self_check_samples(count, prompts) * (REFERENCE_FACTOR * steps + sum(FEW_STEP_CHECKS))
 
 
 def _mean_rmse(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -104,7 +61,7 @@ def generate_checked_teacher(
     latent_shape: Sequence[int],
     count: int,
     seed: int,
-    sampler: str = "dpmpp_2m",
+    sampler: str = TEACHER_SAMPLER,
     scheduler: str = AUTO,
     steps: int = 20,
     batch_size: int = 4,
@@ -114,16 +71,41 @@ def generate_checked_teacher(
 
     ``progress(done, total)`` counts sample-steps over both, so the bar and Cancel cover the check.
     """
-    sampling = count * steps
-    total = sampling + self_check_work(count, len(conditionings), steps)
+    check_teacher_inputs(sampler, scheduler, count, conditionings)
+    checked = self_check_samples(count, len(conditionings))
+    # The teacher's own first noises of the first prompt (prompts go round-robin; noise i uses seed + i).
+    indices = [i * len(conditionings) for i in range(checked)]
+    noise = start_noise(latent_shape, seed, count)[indices]
+    total = count * steps + self_check_work(count, len(conditionings), steps)
+    done = 0
 
-    def teacher_progress(done: int, _count: int) -> None:
-        if progress is not None:
-            progress(done * steps, total)
+    def solve(name: str, n: int) -> torch.Tensor:
+        nonlocal done
+        sigmas = schedule_sigmas(model_patcher, name, n, sampler)
+        outs = []
+        for start in range(0, len(noise), batch_size):
+            batch = noise[start : start + batch_size]
+            with out_of_memory_guard("checking the teacher's error"):
+                outs.append(
+                    sample_stock(model_patcher, conditionings[0], sampler, sigmas, batch, seed=seed)
+                    .float()
+                    .cpu()
+                )
+            done += len(batch) * n
+            if progress is not None:
+                progress(done, total)
+        out = torch.cat(outs)
+        if not torch.isfinite(out).all():
+            raise LD3InputError(
+                "model",
+                f"the teacher's self-check ({name}, {n} steps) produced NaN or Inf",
+                "Check the model and its dtype (try fp32) or lower the CFG",
+            )
+        return out
 
-    def check_progress(done: int, _total: int) -> None:
+    def teacher_progress(finished: int, _count: int) -> None:
         if progress is not None:
-            progress(sampling + done, total)
+            progress(finished * steps, total)
 
     teacher = generate_teacher(
         model_patcher,
@@ -137,7 +119,16 @@ def generate_checked_teacher(
         batch_size=batch_size,
         progress=teacher_progress,
     )
-    error = measure_self_error(model_patcher, teacher, conditionings, batch_size, check_progress)
+    done = count * steps
+    chosen = teacher.info["scheduler"]
+    reference = solve(chosen, REFERENCE_FACTOR * steps)
+    few_step = {str(n): _mean_rmse(solve(chosen, n), reference) for n in FEW_STEP_CHECKS}
+    error = {
+        "rmse": _mean_rmse(teacher.targets[indices], reference),
+        "check_steps": REFERENCE_FACTOR * steps,
+        "samples": checked,
+        "few_step_rmse": few_step,
+    }
     return dataclasses.replace(teacher, info={**teacher.info, "self_error": error})
 
 
@@ -219,6 +210,7 @@ def teacher_report(info: dict) -> str:
     check = info.get("self_error")
     if not check:
         return "\n".join(lines + ["Teacher error: not measured (a teacher file from before the self-check)."])
+
     few = check["few_step_rmse"]
     lines.append(
         f"Teacher error: RMSE {check['rmse']:.3g} (its {info['steps']}-step samples against a "

@@ -164,8 +164,11 @@ def _self_error_ok(check: object) -> bool:
     if not isinstance(check, dict) or not {"rmse", "check_steps", "samples", "few_step_rmse"} <= set(check):
         return False
     few = check["few_step_rmse"]
+    auto = check.get("auto_rmse", {})  # what ``auto`` measured of each scheduler it chose from
     return (
-        _is_finite_number(check["rmse"])
+        isinstance(auto, dict)
+        and all(isinstance(k, str) and _is_finite_number(v) and v >= 0 for k, v in auto.items())
+        and _is_finite_number(check["rmse"])
         and check["rmse"] >= 0
         and all(_is_count(check[key]) for key in ("check_steps", "samples"))
         and isinstance(few, dict)

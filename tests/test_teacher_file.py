@@ -99,7 +99,8 @@ def test_refuses_what_is_not_a_teacher_file(tmp_path):
         schedule,
         ScheduleRecord(
             step_sigmas=torch.tensor([14.6, 1.0, 0.0]),
-            eval_sigmas=torch.tensor([14.6, 1.0]),
+            model_sigmas=torch.tensor([14.6, 1.0]),
+            scale_sigmas=torch.tensor([14.6, 1.0]),
             sampler="euler",
             cfg=7.0,
             latent_shape=(4, 8, 8),

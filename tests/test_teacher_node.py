@@ -23,7 +23,7 @@ def test_report_reaches_the_api_output_and_the_saved_file(comfy_server):
     assert outputs["teacher"]["text"] == [report]
     lines = report.splitlines()
     assert lines[0] == "LD3 teacher: dpmpp_2m, 10 steps, scheduler beta (chosen by auto)."
-    assert lines[1].startswith("Teacher error: RMSE ") and "against a 20-step re-solve" in lines[1]
+    assert lines[1].startswith("Teacher error: RMSE ") and "against a 50-step re-solve" in lines[1]
     assert lines[2].startswith("Few-step error of the same sampler and scheduler (RMSE to the re-solve): 4 ")
     assert lines[3].startswith(("OK: ", "WARNING: steps: ")) and len(lines) == 4
     saved = list((comfy_server.output_dir / "ld3").glob(f"{name}_*.safetensors"))
@@ -32,7 +32,7 @@ def test_report_reaches_the_api_output_and_the_saved_file(comfy_server):
         with safe_open(str(saved[0]), "pt") as handle:
             info = json.loads(handle.metadata()["ld3_teacher"])
         assert info["scheduler"] == "beta" and info["scheduler_requested"] == "auto"
-        assert info["self_error"]["check_steps"] == 20 and info["self_error"]["samples"] == 4
+        assert info["self_error"]["check_steps"] == 50 and info["self_error"]["samples"] == 2
         assert f"RMSE {info['self_error']['rmse']:.3g} " in lines[1]
     finally:
         for path in saved:
