@@ -11,8 +11,11 @@ from . import model_patch
 from .comfy_adapter import Conditioning, DifferentiableSampler, out_of_memory_guard, sample_stock
 from .errors import LD3InputError
 from .identity import model_identity, same_model
+from .losses import L2Loss
+from .schedule import Schedule
 from .solvers import check_sampler
 from .teacher import TeacherData, schedule_sigmas
+from .teacher_check import teacher_error_warning
 from .trainer import Loss, Progress, TrainConfig, TrainResult, train_schedule
 
 MAX_STEPS = 100
@@ -126,17 +129,19 @@ def learn_schedule(
     check_teacher(teacher, model_patcher)
     student = DifferentiableSampler(model_patcher, sampler)
 
-    def run_student(noise, prompt, step_sigmas, eval_sigmas):
-        return student(noise, conditionings[prompt], step_sigmas, eval_sigmas)
+    def run_student(noise, prompt, schedule):
+        return student(noise, conditionings[prompt], schedule)
 
     candidates = candidate_schedules(model_patcher, config.steps, sampler)
+    model_sampling = model_patcher.get_model_object("model_sampling")
+    sigma_range = (float(model_sampling.sigma_min), float(model_sampling.sigma_max))
     # ComfyUI runs every prompt under inference mode: training needs autograd back.
     with (
         out_of_memory_guard(f"training the {sampler} schedule"),
         torch.inference_mode(False),
         torch.enable_grad(),
     ):
-        return train_schedule(
+        result = train_schedule(
             config,
             run_student,
             loss,
@@ -145,22 +150,44 @@ def learn_schedule(
             teacher.prompt_index,
             teacher.is_validation,
             candidates,
+            sigma_range=sigma_range,
             on_progress=on_progress,
             on_best=on_best,
         )
+    if warning := _teacher_warning(teacher, result, loss, run_student, config):
+        logging.warning("LD3: %s", warning)
+        result.notes.append(warning)
+    return result
+
+
+def _teacher_warning(
+    teacher: TeacherData, result: TrainResult, loss: Loss, run_student, config
+) -> str | None:
+    """The teacher's own error against the best built-in's RMSE at the student's step count, if too large."""
+    if not teacher.info.get("self_error"):
+        return None
+    if isinstance(loss, L2Loss):  # the validation loss is that RMSE already
+        builtin_rmse = result.initial_validation_loss
+    else:
+        indices = teacher.validation_indices
+        with torch.no_grad():
+            errors = [
+                L2Loss()(
+                    run_student(teacher.noise[[i]], int(teacher.prompt_index[i]), result.initial_schedule),
+                    teacher.targets[[i]],
+                )
+                for i in indices
+            ]
+        builtin_rmse = float(torch.cat(errors).mean())
+    return teacher_error_warning(teacher.info, builtin_rmse, config.steps)
 
 
 def sample_with_schedule(
-    model_patcher,
-    cond: Conditioning,
-    sampler: str,
-    step_sigmas: torch.Tensor,
-    eval_sigmas: torch.Tensor | None,
-    noise: torch.Tensor,
+    model_patcher, cond: Conditioning, sampler: str, schedule: Schedule, noise: torch.Tensor
 ) -> torch.Tensor:
     """What a user gets: ComfyUI's stock sampler on the LD3-patched model (no gradients)."""
-    patched = model_patch.patch_model(model_patcher, step_sigmas, eval_sigmas, sampler)
-    return sample_stock(patched, cond, sampler, step_sigmas.float(), noise)
+    patched = model_patch.patch_model(model_patcher, schedule, sampler)
+    return sample_stock(patched, cond, sampler, schedule.step_sigmas.float(), noise)
 
 
 def heldout_errors(
@@ -168,19 +195,17 @@ def heldout_errors(
     teacher: TeacherData,
     conditionings: Sequence[Conditioning],
     sampler: str,
-    schedules: Mapping[str, tuple[torch.Tensor, torch.Tensor | None]],
+    schedules: Mapping[str, Schedule],
     indices: Sequence[int] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Per-sample RMSE to the teacher endpoint for each named (step_sigmas, eval_sigmas), stock sampling."""
+    """Per-sample RMSE to the teacher endpoint for each named schedule, stock sampling."""
     indices = list(indices if indices is not None else teacher.validation_indices)
     errors = {}
-    for name, (step_sigmas, eval_sigmas) in schedules.items():
+    for name, schedule in schedules.items():
         per_sample = []
         for i in indices:
             cond = conditionings[int(teacher.prompt_index[i])]
-            out = sample_with_schedule(
-                model_patcher, cond, sampler, step_sigmas, eval_sigmas, teacher.noise[i : i + 1]
-            )
+            out = sample_with_schedule(model_patcher, cond, sampler, schedule, teacher.noise[i : i + 1])
             per_sample.append((out.float().cpu() - teacher.targets[i : i + 1]).pow(2).mean().sqrt())
         errors[name] = torch.stack(per_sample)
     return errors

@@ -9,7 +9,7 @@ Here, and only here, we:
 - rematerialise each denoiser call: a reentrant checkpoint per call keeps only the x_t chain alive
   (paper Sec. 4, memory), with a saved-tensor hook that clones activations at save time, since some
   models (Flux) update activations in place and would otherwise fail or leak in backward;
-- feed the learned times in: the LD3 ``model_sampling`` patch (``model_patch.py``) with live knots.
+- feed the learned sigmas in: the LD3 ``model_sampling`` patch (``model_patch.py``) with live knots.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 import torch.utils.checkpoint
 
 from . import model_patch, solvers
+from .schedule import Schedule
 
 
 class LD3OutOfMemoryError(RuntimeError):
@@ -158,18 +159,13 @@ class DifferentiableSampler:
         self.sampler = solvers.grad_sampler(sampler_name)
 
     def __call__(
-        self,
-        noise: torch.Tensor,
-        cond: Conditioning,
-        step_sigmas: torch.Tensor,
-        eval_sigmas: torch.Tensor | None = None,
-        seed: int = 0,
+        self, noise: torch.Tensor, cond: Conditioning, schedule: Schedule, seed: int = 0
     ) -> torch.Tensor:
-        """Sample from unit noise with the given solver sigmas and (optional) network sigmas."""
-        knots = None
-        if eval_sigmas is not None:
-            knots = (step_sigmas[: eval_sigmas.numel()], eval_sigmas)
-        self.model_sampling.ld3_knots = knots
+        """Sample from unit noise with the schedule's step sigmas and per-step model / scale sigmas."""
+        # A plain schedule runs exactly as stock ComfyUI does (no sigma map at all), unless its model or
+        # scale sigmas are being learned: they need the map for their gradients even while equal to s.
+        learning = schedule.model_sigmas.requires_grad or schedule.scale_sigmas.requires_grad
+        self.model_sampling.ld3_knots = None if schedule.is_plain and not learning else schedule.knots()
         try:
             # Grad mode is the caller's: the trainer evaluates candidates and validation under no_grad.
             with torch.inference_mode(False), warnings.catch_warnings():
@@ -179,7 +175,9 @@ class DifferentiableSampler:
                 )
                 guider = _guider(self.model, cond)
                 latent = torch.zeros_like(noise)
-                return guider.sample(noise, latent, self.sampler, step_sigmas, disable_pbar=True, seed=seed)
+                return guider.sample(
+                    noise, latent, self.sampler, schedule.step_sigmas, disable_pbar=True, seed=seed
+                )
         finally:
             self.model_sampling.ld3_knots = None
 

@@ -1,15 +1,27 @@
-"""LD3's parameterisation of a schedule (paper Sec. 3.1-3.3); torch only.
+"""LD3's parameterisation of a schedule (paper Sec. 3.1-3.3, extended); torch only.
 
 Step sigmas come from ``step_logits`` by a cumulative softmax between fixed endpoints: sigma_max and the
 trailing 0 are constants (their gradients would be NaN through log 0). The softmax lives in
 ``sigma ** (1 / rho)`` space (Karras et al.'s warp, rho = 7), where the usual schedules have gaps of
 similar size, so a logit step means about the same everywhere; the map is monotone by construction.
-Decoupled model-input times are offsets in log-sigma, clipped to half the neighbouring log-gaps.
+
+What the network is told at each step (``schedule.py``) is an offset in log-sigma from the step sigma,
+per step, with one of three freedoms:
+
+- ``steps``: none (m = u = s);
+- ``window``: the paper's decoupled time: m only (u = s), clipped to half the neighbouring log-gaps,
+  the first step pinned;
+- ``full``: m and u both free inside the model's sigma range, the first step included. Validation,
+  not a window, decides how far they move.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+from .schedule import Schedule
 
 RHO = 7.0
 SIGMA_FLOOR = 1e-20  # interior sigmas stay >= sigma_max * SIGMA_FLOOR (never exactly 0)
@@ -54,6 +66,88 @@ def eval_sigmas_from_offsets(step_sigmas: torch.Tensor, eval_offsets: torch.Tens
     window = offset_window(step_sigmas)
     clipped = torch.maximum(torch.minimum(eval_offsets, window), -window)
     return step_sigmas[:-1] * clipped.exp()
+
+
+FREEDOMS = ("full", "window", "steps")
+
+
+class ScheduleParameters:
+    """The free parameters of a schedule: step logits and, per step, log(m / s) and log(u / s)."""
+
+    def __init__(
+        self,
+        start: torch.Tensor | Schedule,
+        freedom: str = "full",
+        sigma_range: tuple[float, float] | None = None,
+        first_offset: float = 0.0,
+    ):
+        """Start at ``start`` (step sigmas [N+1], or a whole schedule); ``first_offset`` nudges m_0 and u_0.
+
+        ``sigma_range`` (lowest, highest sigma the model knows) bounds m and u under ``full``. At the top
+        of a flow model's range the gradient vanishes, so m_0 and u_0 start just below it (log units).
+        """
+        if freedom not in FREEDOMS:
+            raise ValueError(f"freedom must be one of {FREEDOMS}, got {freedom!r}")
+        if not isinstance(start, Schedule):
+            start = Schedule.plain(start)
+        step_sigmas = start.step_sigmas.detach().float()
+        self.freedom = freedom
+        self.sigma_max = float(step_sigmas[0])
+        low, high = sigma_range if sigma_range is not None else (float(step_sigmas[-2]), self.sigma_max)
+        self.log_range = (math.log(low), math.log(high))
+        self.step_logits = logits_from_sigmas(step_sigmas).clone().requires_grad_(True)
+        log_s = step_sigmas[:-1].log()
+        model_offsets = start.model_sigmas.detach().float().log() - log_s
+        scale_offsets = start.scale_sigmas.detach().float().log() - log_s
+        if freedom == "full":
+            model_offsets[0] += first_offset
+            scale_offsets[0] += first_offset
+        else:
+            scale_offsets.zero_()
+            if freedom == "steps":
+                model_offsets.zero_()
+        self.model_offsets = model_offsets.clone().requires_grad_(True)
+        self.scale_offsets = scale_offsets.clone().requires_grad_(freedom == "full")
+        self.project()
+
+    def offset_parameters(self) -> list[torch.Tensor]:
+        """The parameters of what the network is told (none for ``steps``)."""
+        return {"full": [self.model_offsets, self.scale_offsets], "window": [self.model_offsets]}.get(
+            self.freedom, []
+        )
+
+    def schedule(self, decoupled: bool = True) -> Schedule:
+        """The schedule now (differentiable); ``decoupled=False`` gives the plain one (phase 1)."""
+        step_sigmas = sigmas_from_logits(self.step_logits, self.sigma_max)
+        if not decoupled or self.freedom == "steps":
+            return Schedule.plain(step_sigmas)
+        if self.freedom == "window":
+            model_sigmas = eval_sigmas_from_offsets(step_sigmas, self.model_offsets)
+            return Schedule(step_sigmas, model_sigmas, step_sigmas[:-1])
+        low, high = self.log_range
+        log_s = step_sigmas[:-1].log()
+        model_sigmas = (log_s + self.model_offsets).clamp(low, high).exp()
+        scale_sigmas = (log_s + self.scale_offsets).clamp(low, high).exp()
+        return Schedule(step_sigmas, model_sigmas, scale_sigmas)
+
+    def state(self) -> tuple[torch.Tensor, ...]:
+        """A copy of the parameters' values (``load_state`` puts them back)."""
+        return tuple(p.detach().clone() for p in (self.step_logits, self.model_offsets, self.scale_offsets))
+
+    @torch.no_grad()
+    def load_state(self, state: tuple[torch.Tensor, ...]) -> None:
+        for p, value in zip((self.step_logits, self.model_offsets, self.scale_offsets), state):
+            p.copy_(value)
+
+    @torch.no_grad()
+    def project(self) -> None:
+        """Keep m and u inside the model's sigma range (projected gradient steps; ``full`` only)."""
+        if self.freedom != "full":
+            return
+        low, high = self.log_range
+        log_s = sigmas_from_logits(self.step_logits, self.sigma_max)[:-1].log()
+        for offsets in (self.model_offsets, self.scale_offsets):
+            offsets.copy_(torch.maximum(torch.minimum(offsets, high - log_s), low - log_s))
 
 
 def ball_radius(gamma: float, dims: int, nfe: int) -> float:

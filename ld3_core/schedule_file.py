@@ -1,4 +1,9 @@
-"""The LD3 schedule file: a safetensors file with the learned sigmas and a JSON description."""
+"""The LD3 schedule file: a safetensors file with the learned sigmas and a JSON description.
+
+Version 2 holds the three per-step sigmas of a ``Schedule`` (step, model and scale sigmas). Version 1
+files (step_sigmas + eval_sigmas: the network's time only) still load: their scale sigmas are the step
+sigmas, which is exactly how version 1 sampled.
+"""
 
 import json
 import math
@@ -15,9 +20,13 @@ from safetensors.torch import load as _safetensors_load
 from safetensors.torch import save as _safetensors_save
 
 from .errors import LD3InputError
+from .schedule import Schedule
 
 FORMAT = "ld3-schedule"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
+TENSORS = ("step_sigmas", "model_sigmas", "scale_sigmas")
+_V1_TENSORS = ("step_sigmas", "eval_sigmas")
 METADATA_KEY = "ld3"
 SUFFIX = ".safetensors"
 TRAIN_STATUSES = ("completed", "interrupted")
@@ -28,6 +37,7 @@ _INPUT = "schedule_file"
 _FIX = "Choose a schedule file saved by the LD3 training node, or train a new one"
 _TOP_KEYS = ("format", "format_version", "sampler", "steps", "cfg", "latent_shape", "model", "loss", "train")
 _METADATA_KEYS = frozenset(_TOP_KEYS + ("versions",))
+_TRAIN_OPTIONAL = frozenset(("recipe", "verdict"))  # written since format version 2
 _TRAIN_KEYS = frozenset(
     (
         "validation_curve",
@@ -49,10 +59,11 @@ class _Invalid(Exception):
 
 @dataclass(frozen=True, eq=False)
 class ScheduleRecord:
-    """One learned schedule: step sigmas, decoupled eval sigmas and what they were learned for."""
+    """One learned schedule: step, model and scale sigmas (see ``schedule.py``) and what they were learned for."""
 
     step_sigmas: torch.Tensor  # float32 [N+1], strictly decreasing, ends at 0
-    eval_sigmas: torch.Tensor  # float32 [N], the sigma the network sees at each step
+    model_sigmas: torch.Tensor  # float32 [N], the time the network is told at each step
+    scale_sigmas: torch.Tensor  # float32 [N], the sigma its input and output are scaled with
     sampler: str
     cfg: float
     latent_shape: tuple[int, ...]
@@ -65,12 +76,12 @@ class ScheduleRecord:
     def __post_init__(self):
         # Own private float32 copies (the file's dtype) so the frozen record cannot change under us;
         # the checks run after the cast, which could merge two nearly equal sigmas.
-        for name in ("step_sigmas", "eval_sigmas"):
+        for name in TENSORS:
             value = getattr(self, name)
             if isinstance(value, torch.Tensor) and value.is_floating_point():
                 object.__setattr__(self, name, value.detach().to("cpu", torch.float32).clone())
         try:
-            _check_tensors(self.step_sigmas, self.eval_sigmas)
+            _check_tensors(self.step_sigmas, self.model_sigmas, self.scale_sigmas)
             meta = _check_metadata(self._metadata_unchecked(), len(self.step_sigmas) - 1)
         except _Invalid as exc:
             raise ValueError(f"invalid ScheduleRecord: {exc}") from None
@@ -78,6 +89,10 @@ class ScheduleRecord:
         object.__setattr__(self, "latent_shape", tuple(meta["latent_shape"]))
         for name in ("model", "train", "versions"):
             object.__setattr__(self, name, meta[name])
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule(self.step_sigmas, self.model_sigmas, self.scale_sigmas)
 
     @property
     def steps(self) -> int:
@@ -117,7 +132,7 @@ def save_schedule(path: str | os.PathLike, record: ScheduleRecord) -> None:
     if not isinstance(record, ScheduleRecord):
         raise TypeError(f"save_schedule needs a ScheduleRecord, got {type(record).__name__}")
     path = Path(path)
-    tensors = {"step_sigmas": record.step_sigmas.contiguous(), "eval_sigmas": record.eval_sigmas.contiguous()}
+    tensors = {name: getattr(record, name).contiguous() for name in TENSORS}
     data = _safetensors_save(tensors, metadata={METADATA_KEY: json.dumps(record.metadata(), allow_nan=False)})
     atomic_write(path, data)
 
@@ -164,17 +179,23 @@ def parse_schedule_bytes(data: bytes, name: str = "schedule") -> ScheduleRecord:
     """Parse the bytes of a schedule file (see load_schedule)."""
     try:
         header = _read_header(data)
+        raw_meta = _metadata_json(header)
         tensors = _decode_tensors(data, header)
-        if set(tensors) != {"step_sigmas", "eval_sigmas"}:
-            raise _Invalid(f"holds tensors {sorted(tensors)}, expected exactly step_sigmas and eval_sigmas")
-        step_sigmas, eval_sigmas = tensors["step_sigmas"], tensors["eval_sigmas"]
-        _check_tensors(step_sigmas, eval_sigmas)
-        meta = _check_metadata(_metadata_json(header), len(step_sigmas) - 1)
+        expected = _V1_TENSORS if _version(raw_meta) == 1 else TENSORS
+        if set(tensors) != set(expected):
+            raise _Invalid(f"holds tensors {sorted(tensors)}, expected exactly {', '.join(expected)}")
+        if "eval_sigmas" in tensors:  # version 1: the network's time only, scaled with the step sigma
+            tensors = {
+                "step_sigmas": tensors["step_sigmas"],
+                "model_sigmas": tensors["eval_sigmas"],
+                "scale_sigmas": tensors["step_sigmas"][:-1].clone(),
+            }
+        _check_tensors(*(tensors[key] for key in TENSORS))
+        meta = _check_metadata(raw_meta, len(tensors["step_sigmas"]) - 1)
     except _Invalid as exc:
         raise LD3InputError(_INPUT, f"'{name}' is not a valid LD3 schedule: {exc}", _FIX) from None
     return ScheduleRecord(
-        step_sigmas=step_sigmas,
-        eval_sigmas=eval_sigmas,
+        **{key: tensors[key] for key in TENSORS},
         sampler=meta["sampler"],
         cfg=meta["cfg"],
         latent_shape=tuple(meta["latent_shape"]),
@@ -283,8 +304,13 @@ def _reject_constant(name: str):
     raise ValueError(f"non-finite constant {name}")
 
 
-def _check_tensors(step_sigmas, eval_sigmas) -> None:
-    for key, tensor in (("step_sigmas", step_sigmas), ("eval_sigmas", eval_sigmas)):
+def _version(meta: object) -> object:
+    return meta.get("format_version") if isinstance(meta, dict) else None
+
+
+def _check_tensors(step_sigmas, model_sigmas, scale_sigmas) -> None:
+    named = (("step_sigmas", step_sigmas), ("model_sigmas", model_sigmas), ("scale_sigmas", scale_sigmas))
+    for key, tensor in named:
         if not isinstance(tensor, torch.Tensor):
             raise _Invalid(f"{key} is a {type(tensor).__name__}, expected a tensor")
         if tensor.dtype != torch.float32:
@@ -296,14 +322,16 @@ def _check_tensors(step_sigmas, eval_sigmas) -> None:
     steps = len(step_sigmas) - 1
     if steps < 1:
         raise _Invalid(f"step_sigmas has {len(step_sigmas)} values, at least 2 are needed (one step)")
-    if len(eval_sigmas) != steps:
-        raise _Invalid(f"eval_sigmas has {len(eval_sigmas)} values, expected {steps} (one per step)")
+    for key, tensor in named[1:]:
+        if len(tensor) != steps:
+            raise _Invalid(f"{key} has {len(tensor)} values, expected {steps} (one per step)")
     if float(step_sigmas[-1]) != 0.0 or float(step_sigmas[0]) <= 0.0:
         raise _Invalid("step_sigmas must start above 0 and end at exactly 0")
     if not bool((step_sigmas[1:] < step_sigmas[:-1]).all()):
         raise _Invalid("step_sigmas are not strictly decreasing")
-    if not bool((eval_sigmas > 0).all()):
-        raise _Invalid("eval_sigmas must all be positive")
+    for key, tensor in named[1:]:
+        if not bool((tensor > 0).all()):
+            raise _Invalid(f"{key} must all be positive")
 
 
 def _check_metadata(meta: object, steps: int) -> dict:
@@ -315,9 +343,10 @@ def _check_metadata(meta: object, steps: int) -> dict:
         raise _Invalid(f"metadata keys missing {missing}, unexpected {extra}")
     if meta["format"] != FORMAT:
         raise _Invalid(f"format is {meta['format']!r}, expected {FORMAT!r}")
-    if not _is_int(meta["format_version"]) or meta["format_version"] != FORMAT_VERSION:
+    if not _is_int(meta["format_version"]) or meta["format_version"] not in READ_VERSIONS:
         raise _Invalid(
-            f"format_version is {meta['format_version']!r}; this LD3 version reads version {FORMAT_VERSION}"
+            f"format_version is {meta['format_version']!r}; this LD3 version reads versions "
+            f"{', '.join(map(str, READ_VERSIONS))}"
         )
     for key in ("sampler", "loss"):
         if not isinstance(meta[key], str) or not meta[key]:
@@ -349,7 +378,7 @@ def _check_train(train: object) -> dict:
     if not isinstance(train, dict):
         raise _Invalid("'train' must be an object")
     missing = sorted(_TRAIN_KEYS - set(train))
-    extra = sorted(set(train) - _TRAIN_KEYS)
+    extra = sorted(set(train) - _TRAIN_KEYS - _TRAIN_OPTIONAL)
     if missing or extra:
         raise _Invalid(f"'train' keys missing {missing}, unexpected {extra}")
     curve = train["validation_curve"]
@@ -362,6 +391,13 @@ def _check_train(train: object) -> dict:
         raise _Invalid("'train.initial_scheduler' must be a string")
     if not _is_int(train["epochs_done"]) or train["epochs_done"] < 0:
         raise _Invalid(f"'train.epochs_done' must be a non-negative integer, got {train['epochs_done']!r}")
+    if "recipe" in train and not isinstance(train["recipe"], str):
+        raise _Invalid("'train.recipe' must be a string")
+    verdict = train.get("verdict", {})
+    if not isinstance(verdict, dict) or not all(
+        isinstance(v, (str, bool, type(None))) or _is_finite_number(v) for v in verdict.values()
+    ):
+        raise _Invalid("'train.verdict' must be an object of strings, numbers, booleans or null")
     if train["status"] not in TRAIN_STATUSES:
         raise _Invalid(f"'train.status' must be one of {list(TRAIN_STATUSES)}, got {train['status']!r}")
     return train

@@ -32,7 +32,7 @@ def ld3_scheduler(model_sampling, steps: int) -> torch.Tensor:
             "Connect the MODEL output of LD3 Train Sigmas or LD3 Load Sigmas to this KSampler, "
             "or pick another scheduler",
         )
-    sigmas = schedule["step_sigmas"].float()
+    sigmas = schedule["schedule"].step_sigmas.float()
     trained = sigmas.numel() - 1
     if steps == trained:
         return sigmas.clone()

@@ -6,6 +6,7 @@ from comfy_api.latest import io
 from ..ld3_core.api import candidate_schedules, check_teacher, heldout_errors
 from ..ld3_core.model_patch import learned_schedule
 from ..ld3_core.plot import line_plot, table_image
+from ..ld3_core.schedule import Schedule
 from ..ld3_core.solvers import SUPPORTED_SAMPLERS
 from ._common import NodeProgress, Teacher, TeacherBundle, stack_images
 
@@ -27,7 +28,7 @@ class LD3CompareSigmas(io.ComfyNode):
                 "same start noises with the chosen sampler, and the RMSE of its result to the teacher's is "
                 "reported (mean ± sd, and the ratio to the best built-in scheduler at the same step count). "
                 "A SIGMAS input equal to the schedule the (LD3-patched) MODEL carries is run with its "
-                "learned decoupled times."
+                "learned per-step network times and scaling sigmas."
             ),
             inputs=[
                 io.Model.Input(
@@ -78,16 +79,16 @@ class LD3CompareSigmas(io.ComfyNode):
             if value is None:
                 continue
             value = value.detach().float().cpu()
-            eval_sigmas = None
-            if carried is not None and _same(value, carried["step_sigmas"]):
-                eval_sigmas = carried["eval_sigmas"]
+            schedule = Schedule.plain(value)
+            if carried is not None and _same(value, carried["schedule"].step_sigmas):
+                schedule = carried["schedule"]
                 name = f"{name}(ld3)"
-            schedules[name] = (value, eval_sigmas)
+            schedules[name] = schedule
         steps = sigmas.numel() - 1
         builtin_names = []
         if include_builtin:
             for name, value in candidate_schedules(model, steps, sampler_name).items():
-                schedules[name] = (value, None)
+                schedules[name] = Schedule.plain(value)
                 builtin_names.append(name)
         # One schedule at a time: progress on the node, and Cancel is honoured between schedules.
         progress = NodeProgress(len(schedules))
@@ -98,7 +99,7 @@ class LD3CompareSigmas(io.ComfyNode):
                 heldout_errors(model, teacher.data, teacher.conditionings, sampler_name, {name: schedule})
             )
             progress(done, len(schedules))
-        rows = report_rows(errors, {k: v[0].numel() - 1 for k, v in schedules.items()}, builtin_names)
+        rows = report_rows(errors, {k: v.steps for k, v in schedules.items()}, builtin_names)
         report = format_report(rows, sampler_name, len(teacher.data.validation_indices))
         title = (
             f"Held-out RMSE to the teacher ({sampler_name}, {len(teacher.data.validation_indices)} samples)"

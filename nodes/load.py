@@ -28,8 +28,9 @@ class LD3LoadSigmas(io.ComfyNode):
             category="LD3",
             description=(
                 "Loads a schedule learned by LD3 Train Sigmas from models/ld3/. Outputs its SIGMAS and the "
-                "MODEL with the learned decoupled times applied (use it with the 'ld3' scheduler in KSampler "
-                "or with SamplerCustom). Warns if the model differs from the one it was trained for; a "
+                "MODEL carrying the whole learned schedule: per step, the time the network is told and the "
+                "sigma its input and output are scaled with (use it with the 'ld3' scheduler in KSampler or with "
+                "SamplerCustom; the SIGMAS alone are only the step sigmas). Warns if the model differs from the one it was trained for; a "
                 "different step count is resampled log-linearly, with a warning."
             ),
             inputs=[
@@ -61,7 +62,7 @@ class LD3LoadSigmas(io.ComfyNode):
                 io.Sigmas.Output(display_name="sigmas", tooltip="The learned step sigmas."),
                 io.Model.Output(
                     display_name="model",
-                    tooltip="The MODEL carrying the learned schedule and decoupled times.",
+                    tooltip="The MODEL carrying the whole learned schedule (per-step network times and scaling).",
                 ),
             ],
         )
@@ -116,9 +117,9 @@ class LD3LoadSigmas(io.ComfyNode):
                 steps,
             )
             sigmas = resample_log_linear(sigmas, steps)
-        # The MODEL keeps the schedule as trained (its decoupled times apply at any sigma), as the 'ld3'
+        # The MODEL keeps the schedule as trained (its per-step sigmas map any sigma), as the 'ld3'
         # KSampler scheduler expects.
-        patched = patch_model(model, record.step_sigmas, record.eval_sigmas, record.sampler)
+        patched = patch_model(model, record.schedule, record.sampler)
         return io.NodeOutput(sigmas, patched)
 
 

@@ -2,7 +2,7 @@
 
 import logging
 
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..ld3_core.api import candidate_schedules, check_teacher, learn_schedule
 from ..ld3_core.errors import LD3InputError
@@ -12,7 +12,7 @@ from ..ld3_core.model_patch import patch_model
 from ..ld3_core.plot import line_plot
 from ..ld3_core.schedule_file import ScheduleRecord, save_schedule, validate_schedule_name
 from ..ld3_core.solvers import SUPPORTED_SAMPLERS
-from ..ld3_core.trainer import Progress, TrainConfig, TrainResult
+from ..ld3_core.trainer import RECIPES, Progress, TrainConfig, TrainResult
 from ._common import (
     NodeProgress,
     Teacher,
@@ -34,13 +34,15 @@ class LD3TrainSigmas(io.ComfyNode):
             display_name="LD3 Train Sigmas",
             category="LD3",
             description=(
-                "Learns where a few-step sampler should evaluate your model (LD3, arXiv 2405.15506): starts "
-                "from the best built-in scheduler (ComfyUI's, plus AYS / GITS / OptimalSteps where they fit the "
-                "model) and trains the step sigmas, plus the times the network "
-                "sees (decoupled), so the student lands where the teacher does. The best schedule so far is "
-                "saved to models/ld3/<schedule_name>.safetensors whenever it improves, so Cancel keeps it. "
-                "Outputs the SIGMAS, a MODEL carrying the schedule (use it with the 'ld3' scheduler or "
-                "SamplerCustom) and a plot of the losses and the schedule."
+                "Learns a few-step schedule for your model, sampler and step count (LD3, arXiv 2405.15506): "
+                "starts from the best built-in scheduler (ComfyUI's, plus AYS / GITS / OptimalSteps where they "
+                "fit the model) and learns, per step, the solver's sigma, the time the network is told and the "
+                "sigma its input and output are scaled with, so the student lands where the teacher does. Ends "
+                "with a verdict against the best built-in on the teacher's validation samples; if the learned "
+                "schedule is not significantly better, the outputs carry that built-in. The best schedule so "
+                "far is saved to models/ld3/<schedule_name>.safetensors whenever it improves, so Cancel keeps "
+                "it. Outputs the SIGMAS (step sigmas only), a MODEL carrying the whole schedule (use it with the "
+                "'ld3' scheduler or SamplerCustom), a plot, and the verdict as text."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The same MODEL that made the teacher data."),
@@ -68,49 +70,51 @@ class LD3TrainSigmas(io.ComfyNode):
                 ),
                 io.Float.Input(
                     "soft_gamma",
-                    default=0.001,
+                    default=0.0,
                     min=0.0,
                     max=0.1,
                     step=0.0001,
                     round=0.0001,
-                    tooltip="Soft teacher forcing (paper Eq. 5): the student may start within r = gamma * "
-                    "d / steps^2 of the teacher's noise. 0 = hard teacher forcing.",
+                    tooltip="recipe 'custom' only. Soft teacher forcing (paper Eq. 5): the student may start "
+                    "within r = gamma * d / steps^2 of the teacher's noise. 0 = hard teacher forcing.",
                 ),
                 io.Boolean.Input(
                     "decoupled_times",
                     default=True,
-                    tooltip="Also learn the time the network sees at each step, apart from the solver's "
-                    "step (paper Sec. 3.3; phase 2).",
+                    tooltip="Also learn what the network is told at each step (its time and the sigma its "
+                    "input and output are scaled with; the paper's recipe: its time within half a step). Off: "
+                    "the step sigmas only, usable as a plain SIGMAS schedule, usually much less gain.",
                 ),
                 io.Int.Input(
                     "epochs_phase1",
-                    default=2,
+                    default=0,
                     min=0,
                     max=100,
-                    tooltip="Epochs training the step sigmas only (paper: 2).",
+                    tooltip="recipe 'custom' only. Epochs training the step sigmas only (paper: 2).",
                 ),
                 io.Int.Input(
                     "epochs_phase2",
-                    default=3,
+                    default=40,
                     min=0,
                     max=100,
-                    tooltip="Epochs also training the decoupled times (paper: 3-5).",
+                    tooltip="recipe 'custom' only. Epochs also training what the network is told (paper: 3-5; "
+                    "training stops earlier when validation stops improving).",
                 ),
                 io.Float.Input(
                     "lr_steps",
-                    default=0.001,
+                    default=0.03,
                     min=0.000001,
                     max=1.0,
                     step=0.0001,
                     round=0.000001,
-                    tooltip="RMSprop learning rate of the step sigmas (paper: 0.001 latent, 0.005 pixel).",
+                    tooltip="recipe 'custom' only. Adam learning rate of the step sigmas' logits.",
                 ),
                 io.Int.Input(
                     "batch_size",
-                    default=1,
+                    default=5,
                     min=1,
                     max=64,
-                    tooltip="Teacher samples per training iteration (paper: 1-2).",
+                    tooltip="recipe 'custom' only. Teacher samples per training iteration (paper: 1-2).",
                 ),
                 io.Int.Input(
                     "seed",
@@ -129,6 +133,15 @@ class LD3TrainSigmas(io.ComfyNode):
                     optional=True,
                     tooltip="The model's VAE; required for the lpips loss (images are compared decoded).",
                 ),
+                io.Combo.Input(
+                    "recipe",
+                    options=list(RECIPES),
+                    default="ld3",
+                    tooltip="ld3: every per-step sigma learned, Adam, stops when validation stops improving "
+                    "(the pack's default, measured best). paper: the LD3 paper's App. B.1 recipe (soft teacher "
+                    "forcing, 2 + 3 epochs, the network's time within half a step). custom: the ld3 recipe with "
+                    "soft_gamma, epochs, lr_steps and batch_size taken from the widgets above.",
+                ),
             ],
             outputs=[
                 io.Sigmas.Output(
@@ -141,6 +154,10 @@ class LD3TrainSigmas(io.ComfyNode):
                 ),
                 io.Image.Output(
                     display_name="plot", tooltip="Loss curves and the learned vs built-in schedules."
+                ),
+                io.String.Output(
+                    display_name="report",
+                    tooltip="The verdict: learned vs the best built-in on the validation samples, in one line.",
                 ),
             ],
         )
@@ -162,6 +179,7 @@ class LD3TrainSigmas(io.ComfyNode):
         seed: int,
         schedule_name: str,
         vae=None,
+        recipe: str = "ld3",
     ) -> io.NodeOutput:
         path = schedule_dir() / validate_schedule_name(schedule_name, "schedule_name")
         check_teacher(teacher.data, model)
@@ -172,18 +190,19 @@ class LD3TrainSigmas(io.ComfyNode):
                 f"the student's {steps} steps are not fewer than the teacher's {teacher_steps} steps",
                 "Use fewer steps here, or generate the teacher with more steps",
             )
-        config = TrainConfig(
-            steps=steps,
+        config = TrainConfig.for_recipe(
+            recipe,
+            steps,
+            decoupled_times,
+            seed,
             soft_gamma=soft_gamma,
-            decoupled=decoupled_times,
             epochs_phase1=epochs_phase1,
             epochs_phase2=epochs_phase2,
-            batch_size=batch_size,
             lr_steps=lr_steps,
-            seed=seed,
+            batch_size=batch_size,
         )
         loss_fn = make_loss(loss, vae, lpips_weights_path())
-        saver = _ScheduleSaver(path, model, teacher, sampler_name, loss)
+        saver = _ScheduleSaver(path, model, teacher, sampler_name, loss, config.recipe)
         progress = NodeProgress(1)
 
         def on_progress(p: Progress) -> None:
@@ -199,43 +218,51 @@ class LD3TrainSigmas(io.ComfyNode):
             on_progress=on_progress,
             on_best=saver,
         )
-        saver(result)  # once more, now marked "completed"
+        saver(result)  # once more, now marked "completed", with what the verdict chose
         logging.info("LD3: schedule saved to %s", path)
-        patched = patch_model(model, result.step_sigmas, result.eval_sigmas, sampler_name)
+        report = result.report(sampler_name, steps, f"models/ld3/{path.name}")
+        logging.info("%s", report)
+        output = result.output_schedule
+        patched = patch_model(model, output, sampler_name)
         candidates = candidate_schedules(model, steps, sampler_name)
         plot = stack_images([_loss_plot(result, loss), _schedule_plot(result, candidates, decoupled_times)])
-        return io.NodeOutput(result.step_sigmas.clone(), patched, plot)
+        return io.NodeOutput(output.step_sigmas.clone(), patched, plot, report, ui=ui.PreviewText(report))
 
 
 class _ScheduleSaver:
     """on_best callback: writes the best schedule so far (atomically), "completed" once training ends."""
 
-    def __init__(self, path, model, teacher: TeacherBundle, sampler: str, loss: str):
+    def __init__(self, path, model, teacher: TeacherBundle, sampler: str, loss: str, recipe: str):
         self.path = path
         self.sampler = sampler
         self.loss = loss
+        self.recipe = recipe
         self.cfg = teacher.cfg
         self.latent_shape = tuple(teacher.data.info.get("latent_shape") or teacher.data.noise.shape[1:])
         self.identity = model_identity(model)
         self.versions = versions()
 
     def __call__(self, result: TrainResult) -> None:
+        schedule = result.output_schedule if result.completed else result.schedule
+        train = {
+            "validation_curve": list(result.validation_curve),
+            "best_validation_loss": float(result.best_validation_loss),
+            "initial_scheduler": result.initial_scheduler,
+            "initial_validation_loss": float(result.initial_validation_loss),
+            "epochs_done": int(result.epochs_done),
+            "status": "completed" if result.completed else "interrupted",
+            "recipe": self.recipe,
+        }
+        if result.verdict is not None:
+            train["verdict"] = result.verdict.as_dict()
         record = ScheduleRecord(
-            step_sigmas=result.step_sigmas,
-            eval_sigmas=result.eval_sigmas,
+            *schedule.tensors(),
             sampler=self.sampler,
             cfg=self.cfg,
             latent_shape=self.latent_shape,
             model=self.identity,
             loss=self.loss,
-            train={
-                "validation_curve": list(result.validation_curve),
-                "best_validation_loss": float(result.best_validation_loss),
-                "initial_scheduler": result.initial_scheduler,
-                "initial_validation_loss": float(result.initial_validation_loss),
-                "epochs_done": int(result.epochs_done),
-                "status": "completed" if result.completed else "interrupted",
-            },
+            train=train,
             versions=self.versions,
         )
         save_schedule(self.path, record)
@@ -255,10 +282,12 @@ def _loss_plot(result: TrainResult, loss: str):
 
 
 def _schedule_plot(result: TrainResult, candidates: dict, decoupled: bool):
-    """The learned step sigmas (and model-input sigmas) against the built-in schedulers, log axis."""
-    series = {"LD3 learned": list(enumerate(result.step_sigmas[:-1].tolist()))}
+    """The learned step sigmas (and what the network is told) against the built-in schedulers, log axis."""
+    learned = result.schedule
+    series = {"LD3 step sigma": list(enumerate(learned.step_sigmas[:-1].tolist()))}
     if decoupled:
-        series["LD3 model input"] = list(enumerate(result.eval_sigmas.tolist()))
+        series["LD3 network time"] = list(enumerate(learned.model_sigmas.tolist()))
+        series["LD3 scaling sigma"] = list(enumerate(learned.scale_sigmas.tolist()))
     for name, sigmas in candidates.items():
         series[name] = list(enumerate(sigmas[:-1].tolist()))
     return line_plot(series, "Schedules (the final sigma 0 not shown)", "step", "sigma", log_y=True)

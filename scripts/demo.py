@@ -39,7 +39,7 @@ def demo_graph(nfes=NFES, samples: int = 16, teacher_steps: int = 30, prefix: st
                 "seed": 0,
                 "cfg": 1.0,  # the mixture ignores its conditioning: one model call per step
                 "sampler_name": SAMPLER,
-                "scheduler": "karras",
+                "scheduler": "auto",
                 "steps": teacher_steps,
                 "batch_size": 8,
                 "name": f"{prefix}_teacher",

@@ -2,8 +2,8 @@
 
 For each model kind (SD1.x-style EPS with its discrete schedule; rectified flow), sampler (the paper's
 euler, dpmpp_2m, uni_pc, ipndm) and NFE (4, 6): learn a schedule with ``api.learn_schedule`` (L2
-loss, soft teacher forcing, decoupled times; defaults otherwise) from 16 train + 16 validation teacher
-pairs, then compare it with every built-in scheduler on 64 held-out seeds. Ground truth is a 500-step
+loss, the default ``ld3`` recipe) from 16 train + 16 validation teacher pairs, then compare what users
+get (the verdict's choice) with every built-in scheduler on 64 held-out seeds. Ground truth is a 500-step
 DPM-Solver++(2M) solve of the same ODE; the teacher pairs are that truth too.
 
 The claim checked: the learned schedule has a lower mean per-seed RMSE (the L2 loss it was trained
@@ -30,6 +30,7 @@ from ld3_core.identity import model_identity
 from ld3_core.losses import L2Loss
 from ld3_core.mixture import GaussianMixture, make_mixture, mixture_conditioning, mixture_model_patcher
 from ld3_core.model_patch import patch_model
+from ld3_core.schedule import Schedule
 from ld3_core.teacher import TeacherData, schedule_sigmas, start_noise
 from ld3_core.trainer import TrainConfig
 
@@ -149,7 +150,7 @@ def builtin_errors(problem, kind, sampler, nfe):
     model, cond, noise = problem["model"], problem["cond"], problem["heldout_noise"]
     errors = {}
     for name, sigmas in builtin_schedules(model, nfe, sampler).items():
-        variants = [sample_with_schedule(model, cond, sampler, sigmas, None, noise)]
+        variants = [sample_with_schedule(model, cond, sampler, Schedule.plain(sigmas), noise)]
         if kind == "eps":
             variants.append(sample_stock(model, cond, sampler, sigmas, noise))
         candidates = [per_seed_rmse(out, problem["heldout_truth"]) for out in variants]
@@ -165,13 +166,11 @@ def test_learned_schedule_beats_every_builtin_scheduler(problems, report, kind, 
     model, cond = problem["model"], problem["cond"]
     start = time.perf_counter()
     result = learn_schedule(
-        model, problem["teacher"], [cond], sampler, TrainConfig(steps=nfe, decoupled=True), L2Loss()
+        model, problem["teacher"], [cond], sampler, TrainConfig.preset("ld3", nfe), L2Loss()
     )
     train_seconds = time.perf_counter() - start
     learned = per_seed_rmse(
-        sample_with_schedule(
-            model, cond, sampler, result.step_sigmas, result.eval_sigmas, problem["heldout_noise"]
-        ),
+        sample_with_schedule(model, cond, sampler, result.output_schedule, problem["heldout_noise"]),
         problem["heldout_truth"],
     )
     builtins = builtin_errors(problem, kind, sampler, nfe)
@@ -193,8 +192,8 @@ def test_learned_schedule_beats_every_builtin_scheduler(problems, report, kind, 
         "initial_scheduler": result.initial_scheduler,
         "validation_curve": result.validation_curve,
         "initial_validation_loss": result.initial_validation_loss,
-        "step_sigmas": result.step_sigmas.tolist(),
-        "eval_sigmas": result.eval_sigmas.tolist(),
+        "schedule": [t.tolist() for t in result.output_schedule.tensors()],
+        "verdict": result.verdict.as_dict(),
         "train_seconds": round(train_seconds, 2),
         "truth_error_max_mse": problem["truth_error"],
     }

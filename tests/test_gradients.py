@@ -3,9 +3,9 @@
 The float64 checks run ComfyUI's own samplers (grad-enabled twins) through CFGGuider on the exact
 Gaussian-mixture models (ld3_core/mixture.py in its float64 mode), so every sigma, time and network value
 stays in float64. The scalar is a random projection of the sampler's output; we compare its gradient
-with respect to the step sigmas (all but the constant sigma_max and final 0), the eval sigmas (the
-network's input times; all but the first, which stays at sigma_max) and the start noise (one random
-direction) with central differences.
+with respect to the step sigmas (all but the constant sigma_max and final 0), the model sigmas (the
+network's time at each step), the scale sigmas (what its input and output are scaled with) and the
+start noise (one random direction) with central differences.
 """
 
 import comfy.patcher_extension
@@ -18,7 +18,7 @@ from ld3_core.comfy_adapter import Conditioning, DifferentiableSampler, sample_s
 from ld3_core.errors import LD3InputError
 from ld3_core.mixture import make_mixture, mixture_conditioning, mixture_model_patcher
 from ld3_core.model_patch import patch_model
-from ld3_core.parameterisation import offset_window
+from ld3_core.schedule import Schedule
 from ld3_core.solvers import PAPER_SAMPLERS, SUPPORTED_SAMPLERS, check_sampler
 from ld3_core.teacher import schedule_sigmas
 
@@ -27,9 +27,10 @@ MIXTURE_SHAPE = (2, 4, 4)
 SETUPS = {"eps": ("karras", 5), "flow": ("normal", 4)}
 # Finite-difference steps, relative to each sigma (absolute along the noise direction), with a fourth-order
 # five-point stencil. The discrete (EPS) model's time is piecewise linear in log-sigma between the 1000
-# table sigmas (~0.6 % apart), so its step stays far below that spacing; flow time is smooth, and a larger
-# step keeps round-off small at its tiny last sigma (0.001).
-FD_STEP = {"eps": 1e-5, "flow": 1e-4}
+# table sigmas (~0.6 % apart), so its step stays far below that spacing. Flow time is smooth, but with
+# the network told other sigmas than it is stepped with, the mixture's responsibilities can bend sharply
+# within 1e-4 of a sigma (heun at NFE 4 did), so the same small step.
+FD_STEP = {"eps": 1e-5, "flow": 1e-5}
 RTOL = 1e-5
 # DEIS' coefficient Jacobian is itself a central difference (relative step 1e-4 over ComfyUI's
 # 10,000-point numerical integration, ld3_core/solvers.py), so its gradient carries that error too.
@@ -85,21 +86,28 @@ class CapturingSampler:
         self.captured = executor(*args, **kwargs)
         return self.captured
 
-    def __call__(self, noise, cond, step_sigmas, eval_sigmas):
-        self.sampler(noise, cond, step_sigmas, eval_sigmas)
+    def __call__(self, noise, cond, schedule):
+        self.sampler(noise, cond, schedule)
         return self.captured
 
 
-def perturbed_eval_sigmas(step_sigmas: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Decoupled network sigmas inside their windows (the first stays sigma_max).
+def perturbed_schedule(step_sigmas: torch.Tensor, generator: torch.Generator) -> Schedule:
+    """Model and scale sigmas moved by up to 15 % from the step sigmas, every step included.
 
-    The last one moves up: below a discrete model's smallest table sigma its time clamps, and the
-    gradient with respect to that eval sigma is rightly 0 (nothing to check).
+    The first ones move down (a flow model's range ends at sigma_max = 1); the last model sigma moves
+    up: below a discrete model's smallest table sigma its time clamps, and the gradient with respect to
+    it is rightly 0 (nothing to check).
     """
-    window = offset_window(step_sigmas)
-    fraction = torch.rand(window.shape, generator=generator, dtype=torch.float64) * 1.2 - 0.6
-    fraction[-1] = fraction[-1].abs()
-    return step_sigmas[:-1] * (fraction * window).exp()
+    model_offsets = (
+        torch.rand(step_sigmas.numel() - 1, generator=generator, dtype=step_sigmas.dtype) * 0.6 - 0.3
+    )
+    scale_offsets = (
+        torch.rand(step_sigmas.numel() - 1, generator=generator, dtype=step_sigmas.dtype) * 0.6 - 0.3
+    )
+    model_offsets[0], scale_offsets[0] = -0.05 - model_offsets[0].abs(), -0.05 - scale_offsets[0].abs()
+    model_offsets[-1] = model_offsets[-1].abs() + 0.05
+    s = step_sigmas[:-1]
+    return Schedule(step_sigmas, s * model_offsets.exp(), s * scale_offsets.exp())
 
 
 def central_difference(fn, x: torch.Tensor, direction: torch.Tensor, h: float) -> float:
@@ -116,7 +124,7 @@ def test_gradients_match_finite_differences(mixture_models, float64_default, kin
     scheduler, steps = SETUPS[kind]
     step_sigmas = schedule_sigmas(model, scheduler, steps, "euler").double()
     gen = torch.Generator().manual_seed(sorted(SUPPORTED_SAMPLERS).index(sampler_name))
-    eval_sigmas = perturbed_eval_sigmas(step_sigmas, gen)
+    schedule = perturbed_schedule(step_sigmas, gen)
     noise = torch.randn((1, *MIXTURE_SHAPE), generator=gen, dtype=torch.float64)
     projection = torch.randn((1, *MIXTURE_SHAPE), generator=gen, dtype=torch.float64)
     noise_direction = torch.randn((1, *MIXTURE_SHAPE), generator=gen, dtype=torch.float64)
@@ -124,50 +132,51 @@ def test_gradients_match_finite_differences(mixture_models, float64_default, kin
     cond = Conditioning(positive, negative, 1.0)
     student = CapturingSampler(model, sampler_name)
 
-    def scalar(step, evals, x):
-        out = student(x, cond, step, evals)
+    def scalar(tensors, x):
+        out = student(x, cond, Schedule(*tensors))
         assert out.dtype == torch.float64
         return (out * projection).sum()
 
-    step_leaf = step_sigmas.clone().requires_grad_()
-    eval_leaf = eval_sigmas.clone().requires_grad_()
+    leaves = [t.clone().requires_grad_() for t in schedule.tensors()]
     noise_leaf = noise.clone().requires_grad_()
-    scalar(step_leaf, eval_leaf, noise_leaf).backward()
+    scalar(leaves, noise_leaf).backward()
 
-    analytic, numeric = [], []
-    for i in range(1, steps):  # interior step sigmas
-        bump = torch.zeros_like(step_sigmas)
-        bump[i] = 1.0
-        h = FD_STEP[kind] * float(step_sigmas[i])
-        numeric.append(central_difference(lambda s: scalar(s, eval_sigmas, noise), step_sigmas, bump, h))
-        analytic.append(float(step_leaf.grad[i]))
-    for i in range(1, steps):  # eval sigmas after the first
-        bump = torch.zeros_like(eval_sigmas)
-        bump[i] = 1.0
-        h = FD_STEP[kind] * float(eval_sigmas[i])
-        numeric.append(central_difference(lambda e: scalar(step_sigmas, e, noise), eval_sigmas, bump, h))
-        analytic.append(float(eval_leaf.grad[i]))
+    analytic, numeric, labels = [], [], []
+    names = ("step", "model", "scale")
+    for which, tensor in enumerate(schedule.tensors()):
+        indices = range(1, steps) if which == 0 else range(steps)  # step sigmas: interior ones only
+        for i in indices:
+            bump = torch.zeros_like(tensor)
+            bump[i] = 1.0
+            h = FD_STEP[kind] * float(tensor[i])
+
+            def moved(t, which=which):
+                return scalar([t if k == which else v for k, v in enumerate(schedule.tensors())], noise)
+
+            numeric.append(central_difference(moved, tensor, bump, h))
+            analytic.append(float(leaves[which].grad[i]))
+            labels.append(f"{names[which]}[{i}]")
     numeric.append(
-        central_difference(
-            lambda x: scalar(step_sigmas, eval_sigmas, x), noise, noise_direction, FD_STEP[kind]
-        )
+        central_difference(lambda x: scalar(schedule.tensors(), x), noise, noise_direction, FD_STEP[kind])
     )
     analytic.append(float((noise_leaf.grad * noise_direction).sum()))
+    labels.append("noise")
 
     analytic_t = torch.tensor(analytic, dtype=torch.float64)
     numeric_t = torch.tensor(numeric, dtype=torch.float64)
     rtol = RTOL_DEIS if sampler_name == "deis" else RTOL
     assert numeric_t.abs().max() > 1e-3, "the check would be vacuous"
-    labels = [f"step[{i}]" for i in range(1, steps)] + [f"eval[{i}]" for i in range(1, steps)] + ["noise"]
     worst = ((analytic_t - numeric_t).abs() / numeric_t.abs().max()).max()
     assert torch.allclose(analytic_t, numeric_t, rtol=rtol, atol=rtol * float(numeric_t.abs().max())), (
         f"{sampler_name}/{kind}: worst error {float(worst):.2e} of the largest entry\n"
         + "\n".join(f"{lab}: {a:+.10e} vs FD {n:+.10e}" for lab, a, n in zip(labels, analytic, numeric))
     )
-    # Gradients reach every interior step sigma and the noise. (The constant sigma_max may get a NaN
-    # gradient, e.g. flow euler_cfg_pp at sigma = 1; the parameterisation never differentiates it.)
-    assert (step_leaf.grad[1:steps] != 0).all()
-    assert torch.isfinite(step_leaf.grad[1:steps]).all() and torch.isfinite(eval_leaf.grad).all()
+    # Gradients reach every interior step sigma, every model and scale sigma and the noise. (The
+    # constant sigma_max may get a NaN gradient, e.g. flow euler_cfg_pp at sigma = 1; the
+    # parameterisation never differentiates it.)
+    step_grad, model_grad, scale_grad = (leaf.grad for leaf in leaves)
+    assert (step_grad[1:steps] != 0).all() and (model_grad != 0).all() and (scale_grad != 0).all()
+    assert torch.isfinite(step_grad[1:steps]).all() and torch.isfinite(model_grad).all()
     assert (noise_leaf.grad != 0).any()
 
 
@@ -181,19 +190,20 @@ def test_paper_samplers_are_supported():
 
 def _smoke(model, cond, latent, sampler_name, steps=4, checkpoint=True):
     step_sigmas = schedule_sigmas(model, "karras", steps, sampler_name)
-    eval_sigmas = perturbed_eval_sigmas(step_sigmas.double(), torch.Generator().manual_seed(1)).float()
+    schedule = perturbed_schedule(step_sigmas, torch.Generator().manual_seed(1))
     gen = torch.Generator().manual_seed(0)
     noise = torch.randn(latent, generator=gen).requires_grad_()
     projection = torch.randn(latent, generator=gen)
-    step_leaf = step_sigmas.clone().requires_grad_()
-    eval_leaf = eval_sigmas.clone().requires_grad_()
-    out = DifferentiableSampler(model, sampler_name, checkpoint=checkpoint)(noise, cond, step_leaf, eval_leaf)
+    leaves = [t.clone().requires_grad_() for t in schedule.tensors()]
+    out = DifferentiableSampler(model, sampler_name, checkpoint=checkpoint)(noise, cond, Schedule(*leaves))
     assert out.shape == latent and torch.isfinite(out).all()
     (out * projection).sum().backward()
-    for name, grad in (("step", step_leaf.grad[1:-1]), ("eval", eval_leaf.grad[1:]), ("noise", noise.grad)):
+    step_grad, model_grad, scale_grad = (leaf.grad for leaf in leaves)
+    named = (("step", step_grad[1:-1]), ("model", model_grad), ("scale", scale_grad), ("noise", noise.grad))
+    for name, grad in named:
         assert grad is not None and torch.isfinite(grad).all(), name
         assert (grad != 0).all() if name != "noise" else (grad != 0).any(), (name, grad)
-    return step_leaf.grad, eval_leaf.grad, noise.grad
+    return step_grad, model_grad, scale_grad, noise.grad
 
 
 @pytest.mark.parametrize("sampler_name", ["dpmpp_2m", "uni_pc", "heun"])
@@ -207,8 +217,9 @@ def test_tiny_sd15_checkpointing_gives_the_same_gradients(tiny_sd15, sd15_conds)
     latent = tiny_models.latent_shape(tiny_sd15, height=8, width=8)
     with_remat = _smoke(tiny_sd15, cond, latent, "dpmpp_2m", checkpoint=True)
     plain = _smoke(tiny_sd15, cond, latent, "dpmpp_2m", checkpoint=False)
-    # Interior step sigmas (the trailing 0's gradient is NaN through log 0 either way), evals, noise.
-    pairs = [(with_remat[0][1:-1], plain[0][1:-1]), (with_remat[1], plain[1]), (with_remat[2], plain[2])]
+    # Interior step sigmas (the trailing 0's gradient is NaN through log 0 either way), model and scale
+    # sigmas, noise.
+    pairs = [(with_remat[0][1:-1], plain[0][1:-1])] + list(zip(with_remat[1:], plain[1:]))
     for a, b in pairs:
         # Equal to float32 round-off (about 1e-6 of the largest entry here): the reentrant checkpoint
         # accumulates the recomputed graph's gradients in another order.
@@ -253,6 +264,6 @@ def test_float64_mixture_model_is_the_float32_model(mixture_models, kind):
     out32 = sample_stock(patch_model(model32), cond, "dpmpp_2m", sigmas, noise)
     student = CapturingSampler(mixture_models[kind], "dpmpp_2m")
     with torch.no_grad():
-        out64 = student(noise.double(), cond, sigmas.double(), None)
+        out64 = student(noise.double(), cond, Schedule.plain(sigmas.double()))
     assert out64.dtype == torch.float64
     torch.testing.assert_close(out64.float(), out32, rtol=1e-4, atol=1e-4)

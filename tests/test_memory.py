@@ -15,6 +15,7 @@ import tiny_models
 import torch
 
 from ld3_core.comfy_adapter import Conditioning, DifferentiableSampler
+from ld3_core.schedule import Schedule
 from ld3_core.teacher import schedule_sigmas
 
 NFES = (4, 10)
@@ -28,7 +29,7 @@ def saved_bytes(model, cond, latent_shape, sampler_name, nfe, checkpoint):
     """Bytes of the distinct non-weight storages autograd saves during one sampling call."""
     weights = {t.untyped_storage().data_ptr() for t in (*model.model.parameters(), *model.model.buffers())}
     step_sigmas = schedule_sigmas(model, "karras", nfe, sampler_name).requires_grad_()
-    eval_sigmas = step_sigmas[:-1].detach().clone().requires_grad_()
+    schedule = Schedule(step_sigmas, *(step_sigmas[:-1].detach().clone().requires_grad_() for _ in range(2)))
     noise = torch.randn(latent_shape, generator=torch.Generator().manual_seed(0)).requires_grad_()
     student = DifferentiableSampler(model, sampler_name, checkpoint=checkpoint)
     saved = {}
@@ -40,7 +41,7 @@ def saved_bytes(model, cond, latent_shape, sampler_name, nfe, checkpoint):
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        out = student(noise, cond, step_sigmas, eval_sigmas)
+        out = student(noise, cond, schedule)
     out.sum().backward()  # the graph is a real one: backward works and reaches the inputs
     assert torch.isfinite(step_sigmas.grad[1:-1]).all() and noise.grad is not None
     return sum(storage.nbytes() for storage in saved.values())

@@ -115,6 +115,7 @@ def train_node(schedule_name: str, steps: int = STEPS, epochs=(1, 1), model=("de
             "batch_size": 1,
             "seed": 0,
             "schedule_name": schedule_name,
+            "recipe": "custom",  # the widgets' short training, not the ld3 recipe's
         },
     }
 
@@ -571,6 +572,7 @@ def test_published_node_ids_and_inputs(ld3_node_classes):
             "seed",
             "schedule_name",
             "vae",
+            "recipe",
         ],
         "LD3LoadSigmas": ["model", "schedule_file", "sampler_name", "steps"],
         "LD3LoadTeacher": ["teacher_file", "positive", "negative", "positive_2", "positive_3", "positive_4"],
@@ -593,7 +595,7 @@ def test_published_node_ids_and_inputs(ld3_node_classes):
         assert [i.id for i in schemas[node_id].inputs] == inputs, node_id
     outputs = {node_id: [o.io_type for o in s.outputs] for node_id, s in schemas.items()}
     assert outputs["LD3GenerateTeacher"] == ["LD3_TEACHER", "STRING"]  # report appended: never reorder
-    assert outputs["LD3TrainSigmas"] == ["SIGMAS", "MODEL", "IMAGE"]
+    assert outputs["LD3TrainSigmas"] == ["SIGMAS", "MODEL", "IMAGE", "STRING"]  # report appended
     assert outputs["LD3LoadSigmas"] == ["SIGMAS", "MODEL"]
     assert outputs["LD3CompareSigmas"] == ["IMAGE", "STRING"]
     assert outputs["LD3DemoModel"] == ["MODEL", "CONDITIONING", "CONDITIONING", "LATENT"]

@@ -52,7 +52,15 @@ def test_flux_train_then_use_saved(tiny_models_server):
     teacher = one_node(graph, "LD3GenerateTeacher")
     assert graph[teacher]["inputs"]["cfg"] == 1.0  # Flux-dev: guidance comes from FluxGuidance
     set_inputs(graph, "LD3GenerateTeacher", sample_count=2, steps=4, batch_size=2)
-    set_inputs(graph, "LD3TrainSigmas", steps=STEPS, epochs_phase1=0, epochs_phase2=1, schedule_name=SCHEDULE)
+    set_inputs(
+        graph,
+        "LD3TrainSigmas",
+        steps=STEPS,
+        epochs_phase1=0,
+        epochs_phase2=1,
+        schedule_name=SCHEDULE,
+        recipe="custom",  # the widgets' short training
+    )
     set_inputs(graph, "BasicScheduler", steps=STEPS)
     learned_sampler = one_node(graph, "SamplerCustomAdvanced", sigmas=[one_node(graph, "LD3TrainSigmas"), 0])
     saves = {graph[n]["inputs"]["images"][0]: n for n in graph if graph[n]["class_type"] == "SaveImage"}

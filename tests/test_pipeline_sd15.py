@@ -35,6 +35,7 @@ def shrink_train(graph: dict, checkpoint: str, schedule_name: str, epochs=(0, 1)
         epochs_phase1=epochs[0],
         epochs_phase2=epochs[1],
         schedule_name=schedule_name,
+        recipe="custom",  # the widgets' short training
     )
     set_inputs(graph, "KSamplerAdvanced", steps=STEPS)
     return graph
@@ -104,6 +105,7 @@ def test_sd15_train_then_use_saved(tiny_models_server):
         epochs_phase1=0,
         epochs_phase2=1,
         schedule_name="test_sd15_dpmpp_2m_3steps",
+        recipe="custom",
     )
     set_inputs(retrain, "KSampler", steps=STEPS + 1)
     start = time.monotonic()

@@ -11,6 +11,7 @@ from ld3_core.comfy_adapter import Conditioning, LD3OutOfMemoryError, sample_sto
 from ld3_core.errors import LD3InputError
 from ld3_core.losses import make_loss
 from ld3_core.mixture import make_mixture, mixture_conditioning, mixture_model_patcher
+from ld3_core.schedule import Schedule
 from ld3_core.teacher import generate_teacher
 from ld3_core.trainer import TrainConfig
 
@@ -77,12 +78,13 @@ def test_patched_state_does_not_leak_between_models(mixture_model, cond):
     other = mixture_model_patcher(make_mixture(SHAPE, seed=4, dtype=torch.float32), "eps")
     base_sampling = mixture_model.get_model_object("model_sampling")
     learned = torch.tensor([14.6146, 3.0, 0.5, 0.0])
-    patched = model_patch.patch_model(mixture_model, learned, learned[:-1] * 1.01, "euler")
+    schedule = Schedule(learned, learned[:-1] * 1.01, learned[:-1] * 0.98)
+    patched = model_patch.patch_model(mixture_model, schedule, "euler")
 
     ks = comfy.samplers.KSampler(patched, 3, torch.device("cpu"), sampler="euler", scheduler="ld3")
     torch.testing.assert_close(ks.sigmas.cpu(), learned)
     noise = torch.randn(1, *SHAPE, generator=torch.Generator().manual_seed(0))
-    api.sample_with_schedule(mixture_model, cond, "euler", learned, learned[:-1] * 1.01, noise)
+    api.sample_with_schedule(mixture_model, cond, "euler", schedule, noise)
 
     # The unpatched model and another model carry nothing: the ld3 scheduler refuses them clearly.
     assert mixture_model.get_model_object("model_sampling") is base_sampling
@@ -95,7 +97,7 @@ def test_patched_state_does_not_leak_between_models(mixture_model, cond):
             comfy.samplers.KSampler(model, 3, torch.device("cpu"), sampler="euler", scheduler="ld3")
     # Sampling the unpatched model after the patched one restores ComfyUI's own timestep mapping.
     stock = comfy.samplers.calculate_sigmas(base_sampling, "normal", 3)
-    api.sample_with_schedule(mixture_model, cond, "euler", stock, None, noise)
+    api.sample_with_schedule(mixture_model, cond, "euler", Schedule.plain(stock), noise)
     sample_stock(mixture_model, cond, "euler", stock, noise)
     assert mixture_model.model.model_sampling is base_sampling
 

@@ -22,7 +22,8 @@ MARKER_ENV = "LD3_TEST_PICKLE_MARKER"
 def make_record(**overrides) -> ScheduleRecord:
     fields = dict(
         step_sigmas=torch.tensor([14.6, 4.0, 1.5, 0.5, 0.0]),
-        eval_sigmas=torch.tensor([14.6, 4.2, 1.4, 0.55]),
+        model_sigmas=torch.tensor([12.1, 4.2, 1.4, 0.55]),
+        scale_sigmas=torch.tensor([13.9, 4.0, 1.45, 0.5]),
         sampler="euler",
         cfg=7.5,
         latent_shape=(1, 4, 64, 64),
@@ -56,7 +57,7 @@ def raw_file(tensors: dict | None = None, meta: object = None, extra_metadata: d
     """Bytes of a safetensors file with arbitrary tensors and ld3 metadata (bypassing all checks)."""
     if tensors is None:
         record = make_record()
-        tensors = {"step_sigmas": record.step_sigmas, "eval_sigmas": record.eval_sigmas}
+        tensors = {name: getattr(record, name) for name in sf.TENSORS}
     metadata = {} if meta is None else {"ld3": meta if isinstance(meta, str) else json.dumps(meta)}
     metadata.update(extra_metadata or {})
     return st_save(tensors, metadata=metadata or None)
@@ -100,18 +101,24 @@ def test_round_trip(tmp_path):
     save_schedule(path, record)
     loaded = load_schedule(path)
     assert torch.equal(loaded.step_sigmas, record.step_sigmas)
-    assert torch.equal(loaded.eval_sigmas, record.eval_sigmas)
+    assert torch.equal(loaded.model_sigmas, record.model_sigmas)
+    assert torch.equal(loaded.scale_sigmas, record.scale_sigmas)
     assert loaded.step_sigmas.dtype == torch.float32 and loaded.steps == 4
     for name in ("sampler", "cfg", "latent_shape", "model", "loss", "train", "versions"):
         assert getattr(loaded, name) == getattr(record, name), name
     assert loaded.metadata() == record.metadata()
-    assert loaded.metadata()["format"] == "ld3-schedule" and loaded.metadata()["format_version"] == 1
+    assert loaded.metadata()["format"] == "ld3-schedule" and loaded.metadata()["format_version"] == 2
     assert [p.name for p in tmp_path.iterdir()] == ["a.safetensors"]
 
 
 def test_record_takes_private_float32_copies():
     steps = torch.tensor([3.0, 1.0, 0.0], dtype=torch.float64)
-    record = make_record(step_sigmas=steps, eval_sigmas=torch.tensor([3.0, 1.1]), latent_shape=[1, 2, 3])
+    record = make_record(
+        step_sigmas=steps,
+        model_sigmas=torch.tensor([3.0, 1.1]),
+        scale_sigmas=torch.tensor([2.9, 1.0]),
+        latent_shape=[1, 2, 3],
+    )
     steps[0] = -1.0
     assert record.step_sigmas.dtype == torch.float32 and float(record.step_sigmas[0]) == 3.0
     assert record.latent_shape == (1, 2, 3) and isinstance(record.cfg, float)
@@ -122,9 +129,24 @@ def test_record_takes_private_float32_copies():
 @pytest.mark.parametrize(
     "overrides, fragment",
     [
-        (dict(step_sigmas=torch.tensor([1.0, 2.0, 0.0]), eval_sigmas=torch.ones(2)), "strictly decreasing"),
-        (dict(step_sigmas=torch.tensor([2.0, 1.0, 0.1]), eval_sigmas=torch.ones(2)), "end at exactly 0"),
-        (dict(eval_sigmas=torch.ones(3)), "one per step"),
+        (
+            dict(
+                step_sigmas=torch.tensor([1.0, 2.0, 0.0]),
+                model_sigmas=torch.ones(2),
+                scale_sigmas=torch.ones(2),
+            ),
+            "strictly decreasing",
+        ),
+        (
+            dict(
+                step_sigmas=torch.tensor([2.0, 1.0, 0.1]),
+                model_sigmas=torch.ones(2),
+                scale_sigmas=torch.ones(2),
+            ),
+            "end at exactly 0",
+        ),
+        (dict(model_sigmas=torch.ones(3)), "one per step"),
+        (dict(scale_sigmas=torch.tensor([1.0, 1.0, -1.0, 1.0])), "scale_sigmas must all be positive"),
         (dict(sampler=""), "'sampler'"),
         (dict(train={"status": "done"}), "'train' keys"),
         (dict(model={"x": [1, 2]}), "'model'"),
@@ -197,7 +219,7 @@ _DROP = object()
         (_meta_with(train=_DROP), "missing ['train']"),
         (_meta_with(extra_field=1), "unexpected ['extra_field']"),
         (_meta_with(format="comfy-sigmas"), "format is"),
-        (_meta_with(format_version=2), "format_version is 2"),
+        (_meta_with(format_version=3), "format_version is 3"),
         (_meta_with(format_version="1"), "format_version is '1'"),
         (_meta_with(steps=5), "steps=5"),
         (_meta_with(steps="4"), "steps='4'"),
@@ -236,7 +258,7 @@ def test_extra_safetensors_metadata_key(tmp_path):
         (
             {
                 "step_sigmas": torch.tensor([3.0, 2.0, 1.0, 0.5, 0.0]),
-                "eval_sigmas": torch.ones(4),
+                "model_sigmas": torch.ones(4),
                 "x": torch.ones(1),
             },
             "expected exactly",
@@ -244,57 +266,87 @@ def test_extra_safetensors_metadata_key(tmp_path):
         (
             {
                 "step_sigmas": torch.tensor([3.0, 2.0, 1.0, 0.5, 0.0], dtype=torch.float64),
-                "eval_sigmas": torch.ones(4),
+                "model_sigmas": torch.ones(4),
             },
             "expected F32",
         ),
         (
             {
                 "step_sigmas": torch.tensor([3.0, 2.0, 1.0, 0.5, 0.0]),
-                "eval_sigmas": torch.ones(4, dtype=torch.float16),
+                "model_sigmas": torch.ones(4, dtype=torch.float16),
             },
             "expected F32",
         ),
         (
-            {"step_sigmas": torch.tensor([[3.0, 2.0, 1.0, 0.5, 0.0]]), "eval_sigmas": torch.ones(4)},
+            {"step_sigmas": torch.tensor([[3.0, 2.0, 1.0, 0.5, 0.0]]), "model_sigmas": torch.ones(4)},
             "one dimension",
         ),
         (
-            {"step_sigmas": torch.tensor([3.0, 2.0, 1.0, 0.5, 0.0]), "eval_sigmas": torch.ones(3)},
+            {"step_sigmas": torch.tensor([3.0, 2.0, 1.0, 0.5, 0.0]), "model_sigmas": torch.ones(3)},
             "one per step",
         ),
         (
-            {"step_sigmas": torch.tensor([3.0, 2.0, 2.0, 0.5, 0.0]), "eval_sigmas": torch.ones(4)},
+            {"step_sigmas": torch.tensor([3.0, 2.0, 2.0, 0.5, 0.0]), "model_sigmas": torch.ones(4)},
             "strictly decreasing",
         ),
         (
-            {"step_sigmas": torch.tensor([3.0, 2.0, 4.0, 0.5, 0.0]), "eval_sigmas": torch.ones(4)},
+            {"step_sigmas": torch.tensor([3.0, 2.0, 4.0, 0.5, 0.0]), "model_sigmas": torch.ones(4)},
             "strictly decreasing",
         ),
         (
-            {"step_sigmas": torch.tensor([3.0, 2.0, 1.0, 0.5, 0.1]), "eval_sigmas": torch.ones(4)},
+            {"step_sigmas": torch.tensor([3.0, 2.0, 1.0, 0.5, 0.1]), "model_sigmas": torch.ones(4)},
             "end at exactly 0",
         ),
         (
-            {"step_sigmas": torch.tensor([float("inf"), 2.0, 1.0, 0.5, 0.0]), "eval_sigmas": torch.ones(4)},
+            {"step_sigmas": torch.tensor([float("inf"), 2.0, 1.0, 0.5, 0.0]), "model_sigmas": torch.ones(4)},
             "NaN or infinite",
         ),
         (
-            {"step_sigmas": torch.tensor([3.0, float("nan"), 1.0, 0.5, 0.0]), "eval_sigmas": torch.ones(4)},
+            {"step_sigmas": torch.tensor([3.0, float("nan"), 1.0, 0.5, 0.0]), "model_sigmas": torch.ones(4)},
             "NaN or infinite",
         ),
         (
             {
                 "step_sigmas": torch.tensor([3.0, 2.0, 1.0, 0.5, 0.0]),
-                "eval_sigmas": torch.tensor([1.0, 1, 0, 1]),
+                "model_sigmas": torch.tensor([1.0, 1, 0, 1]),
             },
             "positive",
         ),
-        ({"step_sigmas": torch.tensor([0.0]), "eval_sigmas": torch.ones(0)}, "at least 2"),
+        ({"step_sigmas": torch.tensor([0.0]), "model_sigmas": torch.ones(0)}, "at least 2"),
     ],
 )
 def test_bad_tensors(tmp_path, tensors, fragment):
+    tensors = dict(tensors)
+    if "model_sigmas" in tensors:  # every case is about one tensor; the scale sigmas are well formed
+        tensors.setdefault("scale_sigmas", torch.ones(len(tensors["model_sigmas"])))
     refuses(raw_file(tensors=tensors, meta=good_metadata()), tmp_path, fragment)
+
+
+def version1_file(model_sigmas=None) -> bytes:
+    """A file as format version 1 wrote it: step_sigmas and eval_sigmas (the network's time only)."""
+    record = make_record()
+    meta = {**good_metadata(), "format_version": 1}
+    meta["train"] = {k: v for k, v in meta["train"].items() if k not in ("recipe", "verdict")}
+    model = record.model_sigmas if model_sigmas is None else model_sigmas
+    return raw_file(tensors={"step_sigmas": record.step_sigmas, "eval_sigmas": model}, meta=meta)
+
+
+def test_version_1_file_loads_with_the_step_sigmas_as_scale(tmp_path):
+    path = tmp_path / "old.safetensors"
+    path.write_bytes(version1_file())
+    loaded = load_schedule(path)
+    record = make_record()
+    assert torch.equal(loaded.model_sigmas, record.model_sigmas)
+    assert torch.equal(loaded.scale_sigmas, record.step_sigmas[:-1])  # how version 1 sampled
+    assert loaded.metadata()["format_version"] == 2  # saved again, it is a version 2 file
+
+
+def test_version_1_file_is_checked_like_any(tmp_path):
+    refuses(version1_file(torch.tensor([1.0, 0.0, 1.0, 1.0])), tmp_path, "model_sigmas must all be positive")
+    meta = {**good_metadata(), "format_version": 1}
+    record = make_record()
+    tensors = {name: getattr(record, name) for name in sf.TENSORS}
+    refuses(raw_file(tensors=tensors, meta=meta), tmp_path, "expected exactly step_sigmas, eval_sigmas")
 
 
 def test_failed_replace_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
@@ -433,7 +485,7 @@ def test_schedule_name_input_label():
 
 
 def test_versions_default_to_the_running_stack():
-    fields = {name: getattr(make_record(), name) for name in ("step_sigmas", "eval_sigmas", "sampler", "cfg")}
+    fields = {name: getattr(make_record(), name) for name in (*sf.TENSORS, "sampler", "cfg")}
     record = ScheduleRecord(
         **fields, latent_shape=(1, 4, 8, 8), model={}, loss="l2", train=make_record().train
     )

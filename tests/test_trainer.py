@@ -1,7 +1,9 @@
-"""The trainer loop (Algorithm 1) on a problem with an exact answer: Gaussian data, Euler steps.
+"""The trainer loop (Algorithm 1, both presets) on a problem with an exact answer: Gaussian data, Euler.
 
 For data x0 ~ N(0, s^2 I) the denoiser is D(x, sigma) = s^2 / (s^2 + sigma^2) x and the probability-flow
 ODE ends at x0 = x_T * s / sqrt(s^2 + sigma_T^2), so the teacher is exact and the student is a few lines.
+The student's network is an exact EPS network told the model sigma m and scaled with u, as ComfyUI's
+patched model does: denoised = x - u * eps(x / sqrt(u^2 + 1), m).
 """
 
 import math
@@ -11,6 +13,7 @@ import torch
 
 from ld3_core.errors import LD3InputError
 from ld3_core.parameterisation import sigmas_from_logits
+from ld3_core.schedule import Schedule
 from ld3_core.trainer import LD3TrainingError, TrainConfig, train_schedule
 
 S = 0.5  # data standard deviation
@@ -26,18 +29,24 @@ class L2:
         return (out - prepared).pow(2).flatten(1).mean(1)
 
 
-def euler_student(noise, prompt, step_sigmas, eval_sigmas):
-    """Euler on the Gaussian PF-ODE; the denoiser is evaluated at the (decoupled) eval sigmas."""
+def eps_network(x_in, m):
+    """The exact eps prediction for an input x_in = x_m / sqrt(m^2 + 1) at sigma m."""
+    x_m = x_in * (m**2 + 1).sqrt()
+    return (x_m - S**2 / (S**2 + m**2) * x_m) / m
+
+
+def euler_student(noise, prompt, schedule):
+    """Euler on the Gaussian PF-ODE with the schedule's step, model and scale sigmas."""
+    step_sigmas, model_sigmas, scale_sigmas = schedule.tensors()
     x = noise * step_sigmas[0]
-    evals = step_sigmas[:-1] if eval_sigmas is None else eval_sigmas
     for i in range(step_sigmas.numel() - 1):
-        sigma, sigma_next, sigma_eval = step_sigmas[i], step_sigmas[i + 1], evals[i]
-        denoised = S**2 / (S**2 + sigma_eval**2) * x
+        sigma, sigma_next, m, u = step_sigmas[i], step_sigmas[i + 1], model_sigmas[i], scale_sigmas[i]
+        denoised = x - u * eps_network(x / (u**2 + 1).sqrt(), m)
         x = x + (sigma_next - sigma) * (x - denoised) / sigma
     return x
 
 
-def problem(count=8, seed=0):
+def problem(count=16, seed=0):
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn((count, *DIMS), generator=gen)
     targets = noise * SIGMA_MAX * S / math.sqrt(S**2 + SIGMA_MAX**2)
@@ -50,8 +59,12 @@ def uniform_candidate(steps):
     return {"uniform_rho": sigmas_from_logits(torch.zeros(steps), SIGMA_MAX)}
 
 
+SIGMA_RANGE = (0.03, SIGMA_MAX)
+
+
 def run(config, student=euler_student, candidates=None, **kwargs):
     noise, targets, prompts, validation = problem()
+    kwargs.setdefault("sigma_range", SIGMA_RANGE)
     return train_schedule(
         config,
         student,
@@ -65,52 +78,112 @@ def run(config, student=euler_student, candidates=None, **kwargs):
     )
 
 
-def test_training_beats_its_starting_schedule():
-    config = TrainConfig(steps=3, lr_steps=0.05, epochs_phase1=4, epochs_phase2=4, soft_gamma=0.0)
-    result = run(config)
-    assert result.completed and result.epochs_done == 8
-    assert len(result.validation_curve) == 8
-    assert result.best_validation_loss < 0.5 * result.initial_validation_loss
-    sigmas = result.step_sigmas
+def check_schedule(schedule: Schedule, steps: int):
+    sigmas = schedule.step_sigmas
+    assert sigmas.shape == (steps + 1,) and schedule.model_sigmas.shape == (steps,)
     assert float(sigmas[0]) == pytest.approx(SIGMA_MAX) and float(sigmas[-1]) == 0.0
     assert bool((sigmas[:-1] > sigmas[1:]).all())
+    for per_step in (schedule.model_sigmas, schedule.scale_sigmas):
+        assert bool((per_step >= SIGMA_RANGE[0] * (1 - 1e-6)).all())
+        assert bool((per_step <= SIGMA_RANGE[1] * (1 + 1e-6)).all())
+
+
+def test_default_recipe_learns_every_per_step_sigma_and_nearly_solves_the_gaussian():
+    result = run(TrainConfig.preset("ld3", 3))
+    assert result.completed and result.verdict.use_learned
+    check_schedule(result.schedule, 3)
+    learned = result.schedule
+    assert not torch.equal(learned.model_sigmas, learned.step_sigmas[:-1])
+    assert not torch.equal(learned.scale_sigmas, learned.model_sigmas)
+    # Per-step freedom can make three Euler steps land almost exactly on the Gaussian's endpoint.
+    assert result.best_validation_loss < 0.05 * result.initial_validation_loss
+    # The step sigmas alone are much worse: the gain is in what the network is told.
+    assert result.verdict.steps_only_ratio > 5 * result.verdict.ratio
+    assert result.output_schedule is result.schedule
+
+
+def test_paper_recipe_moves_the_network_time_within_half_a_step_only():
+    result = run(TrainConfig.preset("paper", 3, lr_steps=0.05))
+    learned = result.schedule
+    check_schedule(learned, 3)
+    assert torch.equal(learned.scale_sigmas, learned.step_sigmas[:-1])  # u = s
+    assert float(learned.model_sigmas[0]) == pytest.approx(SIGMA_MAX)  # the first time is pinned
+    assert result.best_validation_loss < result.initial_validation_loss
+    assert result.epochs_done == 5 and len(result.train_curve) == 5 * 8  # 2 + 3 epochs of 8 samples
+
+
+def test_steps_only_freedom_keeps_the_schedule_plain():
+    result = run(TrainConfig.preset("ld3", 3, freedom="steps", epochs_phase2=6))
+    assert result.schedule.is_plain
+    assert result.best_validation_loss < result.initial_validation_loss
 
 
 def test_best_by_validation_includes_the_starting_schedule():
     # The teacher is a near neighbour of the start, and a learning rate this large throws the schedule
-    # far away from it: the starting schedule must be what comes back.
+    # far away from it: the starting schedule must be what comes back, and the verdict says no gain.
     start = sigmas_from_logits(torch.tensor([0.3, -0.2, 0.1]), SIGMA_MAX)
-    config = TrainConfig(
-        steps=3, lr_steps=0.3, soft_gamma=0.0, epochs_phase1=2, epochs_phase2=0, grad_clip=1e9
+    config = TrainConfig.preset(
+        "ld3", 3, freedom="steps", lr_steps=3.0, epochs_phase2=3, grad_clip=1e9, stop_patience=None
     )
     noise, targets, prompts, validation = problem()
     with torch.no_grad():
-        targets = euler_student(
-            noise, 0, sigmas_from_logits(torch.tensor([0.31, -0.2, 0.1]), SIGMA_MAX), None
-        )
+        near = sigmas_from_logits(torch.tensor([0.31, -0.2, 0.1]), SIGMA_MAX)
+        targets = euler_student(noise, 0, Schedule.plain(near))
     result = train_schedule(
         config, euler_student, L2(), noise, targets, prompts, validation, {"start": start}
     )
     assert result.initial_scheduler == "start"
     assert min(result.validation_curve) > result.initial_validation_loss, "training made it worse"
-    assert torch.equal(result.step_sigmas, start.float())
+    assert torch.equal(result.schedule.step_sigmas, start.float())
     assert result.best_validation_loss == result.initial_validation_loss
+    assert not result.verdict.use_learned and result.verdict.ratio == 1.0
+    assert torch.equal(result.output_schedule.step_sigmas, start.float())
+
+
+def test_a_gain_that_is_not_significant_hands_back_the_built_in():
+    # Two validation samples cannot show a significant gain (the best p-value is 1/4).
+    noise, targets, prompts, _ = problem(count=4)
+    validation = torch.tensor([False, False, True, True])
+    result = train_schedule(
+        TrainConfig.preset("ld3", 3),
+        euler_student,
+        L2(),
+        noise,
+        targets,
+        prompts,
+        validation,
+        uniform_candidate(3),
+        sigma_range=SIGMA_RANGE,
+    )
+    assert result.verdict.ratio < 0.5 and result.verdict.win_rate == 1.0
+    assert result.verdict.p_value > 0.2 and not result.verdict.use_learned
+    assert result.output_schedule.is_plain
+    assert torch.equal(result.output_schedule.step_sigmas, uniform_candidate(3)["uniform_rho"].float())
+    assert "not a significant gain" in result.report("euler", 3)
+
+
+def test_training_stops_when_validation_stops_improving():
+    result = run(TrainConfig.preset("ld3", 3, epochs_phase2=500, stop_patience=3))
+    assert result.stopped_early and result.epochs_done < 500
+    curve = result.validation_curve
+    assert min(curve[-3:]) >= min(curve)  # the last three did not beat the best
 
 
 def test_picks_the_best_candidate_to_start_from():
     good = sigmas_from_logits(torch.zeros(3), SIGMA_MAX)
     bad = torch.tensor([SIGMA_MAX, 14.0, 13.0, 0.0])
-    config = TrainConfig(steps=3, epochs_phase1=0, epochs_phase2=0)
+    config = TrainConfig.preset("ld3", 3, epochs_phase2=0)
     result = run(config, candidates={"bad": bad, "good": good})
     assert result.initial_scheduler == "good"
     assert result.candidate_losses["bad"] > result.candidate_losses["good"]
 
 
-def test_same_seed_same_schedule_bitwise():
-    config = TrainConfig(steps=3, lr_steps=0.05, epochs_phase1=1, epochs_phase2=1, batch_size=2, seed=7)
+@pytest.mark.parametrize("recipe", ["ld3", "paper"])
+def test_same_seed_same_schedule_bitwise(recipe):
+    config = TrainConfig.preset(recipe, 3, epochs_phase1=1, epochs_phase2=2, batch_size=2, seed=7)
     first, second = run(config), run(config)
-    assert torch.equal(first.step_sigmas, second.step_sigmas)
-    assert torch.equal(first.eval_sigmas, second.eval_sigmas)
+    for a, b in zip(first.schedule.tensors(), second.schedule.tensors()):
+        assert torch.equal(a, b)
     assert first.train_curve == second.train_curve
 
 
@@ -118,14 +191,14 @@ def test_non_finite_loss_stops_and_keeps_the_best_so_far():
     calls = {"n": 0}
     reported = []
 
-    def student(noise, prompt, step_sigmas, eval_sigmas):
+    def student(noise, prompt, schedule):
         calls["n"] += 1
-        out = euler_student(noise, prompt, step_sigmas, eval_sigmas)
+        out = euler_student(noise, prompt, schedule)
         return out * float("nan") if calls["n"] > 8 else out
 
-    config = TrainConfig(steps=3, epochs_phase1=2, epochs_phase2=0)
+    config = TrainConfig.preset("ld3", 3, epochs_phase2=4)
     with pytest.raises(LD3TrainingError, match=r"NaN or Inf at iteration \d+ .*best schedule so far"):
-        run(config, student=student, on_best=lambda r: reported.append(r.step_sigmas.clone()))
+        run(config, student=student, on_best=lambda r: reported.append(r.schedule.step_sigmas.clone()))
     assert reported, "the starting schedule is reported before training"
     assert torch.isfinite(reported[-1]).all()
 
@@ -141,26 +214,26 @@ def test_cancel_from_the_progress_callback_propagates_after_the_start_was_report
             raise Cancelled
 
     with pytest.raises(Cancelled):
-        run(TrainConfig(steps=3), on_progress=on_progress, on_best=lambda r: reported.append(r))
+        run(TrainConfig(steps=3, batch_size=1), on_progress=on_progress, on_best=lambda r: reported.append(r))
     assert len(reported) >= 1
 
 
 def test_hard_teacher_forcing_leaves_the_noise_alone_and_soft_stays_in_the_ball():
     seen = []
 
-    def student(noise, prompt, step_sigmas, eval_sigmas):
+    def student(noise, prompt, schedule):
         seen.extend(noise.detach().clone().split(1))
-        return euler_student(noise, prompt, step_sigmas, eval_sigmas)
+        return euler_student(noise, prompt, schedule)
 
     noise, _, _, _ = problem()
-    run(TrainConfig(steps=3, soft_gamma=0.0, epochs_phase1=2, epochs_phase2=0), student=student)
+    run(TrainConfig(steps=3, soft_gamma=0.0, epochs_phase2=2), student=student)
     originals = {tuple(n.flatten()[:4].tolist()) for n in noise.split(1)}
     assert all(tuple(s.flatten()[:4].tolist()) in originals for s in seen)
 
     seen.clear()
     gamma = 0.001
     run(
-        TrainConfig(steps=3, soft_gamma=gamma, lr_noise=100.0, epochs_phase1=3, epochs_phase2=0),
+        TrainConfig.preset("paper", 3, soft_gamma=gamma, lr_noise=100.0, epochs_phase1=3, epochs_phase2=0),
         student=student,
     )
     radius = gamma * math.prod(DIMS) / 3**2
@@ -190,6 +263,18 @@ def test_refuses_inconsistent_inputs():
             noise,
             targets,
             prompts,
-            torch.zeros(8, dtype=torch.bool),
+            torch.zeros(16, dtype=torch.bool),
             uniform_candidate(3),
         )
+    with pytest.raises(LD3InputError, match="recipe"):
+        TrainConfig.preset("fastest", 3)
+
+
+def test_custom_recipe_takes_the_tuning_widgets_and_named_recipes_ignore_them():
+    custom = TrainConfig.for_recipe("custom", 4, True, 1, lr_steps=0.5, batch_size=7, soft_gamma=0.01)
+    assert (custom.recipe, custom.lr_steps, custom.batch_size, custom.soft_gamma) == ("custom", 0.5, 7, 0.01)
+    assert custom.freedom == "full"
+    paper = TrainConfig.for_recipe("paper", 4, True, 1, lr_steps=0.5, batch_size=7)
+    assert paper == TrainConfig.preset("paper", 4, seed=1)
+    assert TrainConfig.for_recipe("ld3", 4, False, 0).freedom == "steps"
+    assert TrainConfig.for_recipe("paper", 4, False, 0).freedom == "steps"

@@ -183,7 +183,15 @@ def test_demo_workflow_runs(tiny_models_server):
     graph = load_api("ld3_demo")
     set_inputs(graph, "LD3DemoModel", width=8, height=8)
     set_inputs(graph, "LD3GenerateTeacher", sample_count=4, steps=12, batch_size=4)
-    set_inputs(graph, "LD3TrainSigmas", steps=3, epochs_phase1=1, epochs_phase2=1, schedule_name="test_demo")
+    set_inputs(
+        graph,
+        "LD3TrainSigmas",
+        steps=3,
+        epochs_phase1=1,
+        epochs_phase2=1,
+        schedule_name="test_demo",
+        recipe="custom",  # the widgets' short training
+    )
     entry = tiny.run(graph, timeout=300)
     assert output_images(entry, one_node(graph, "SaveImage"), tiny.server.output_dir)
     report = "\n".join(entry["outputs"][one_node(graph, "PreviewAny")]["text"])

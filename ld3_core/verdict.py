@@ -1,0 +1,105 @@
+"""Is the learned schedule better than the best built-in one? A paired comparison on validation samples.
+
+Both schedules are scored on the same held-out teacher samples, so the comparison is paired: the ratio of
+mean losses, the share of samples the learned schedule does better on, and a one-sided sign-flip
+permutation test of the mean difference (no distributional assumption; the p-value is exact up to the
+Monte-Carlo error of ``PERMUTATIONS`` random sign flips, with a fixed seed so it is reproducible). The
+learned schedule is used only when it is better and the gain is significant: it was chosen as the best
+of many validations, so a small, noisy gain is not evidence enough to replace a built-in schedule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+ALPHA = 0.05
+PERMUTATIONS = 20_000
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The learned schedule against the best built-in on the validation samples."""
+
+    builtin: str  # the best built-in schedule's name
+    samples: int
+    ratio: float  # mean learned loss / mean built-in loss (< 1: learned is better)
+    win_rate: float  # share of samples where the learned schedule's loss is lower
+    p_value: float  # one-sided: probability of a gain this large if neither were better
+    use_learned: bool  # better and significantly so: the outputs carry the learned schedule
+    # The learned step sigmas alone (the SIGMAS output without the MODEL's per-step sigmas).
+    steps_only_ratio: float | None = None
+
+    @property
+    def significant(self) -> bool:
+        return self.p_value < ALPHA
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self, sampler: str, steps: int) -> str:
+        """One line a user reads on the canvas."""
+        wins = round(self.win_rate * self.samples)
+        evidence = f"better on {wins}/{self.samples} validation samples, {_p_text(self.p_value)}"
+        if self.use_learned:
+            return (
+                f"LD3 {sampler} {steps} steps: the learned schedule has {self.ratio:.2f}x the error of the best "
+                f"built-in ({self.builtin}) on the teacher's validation samples ({evidence})."
+            )
+        if self.ratio < 1:
+            why = f"it was {self.ratio:.2f}x on validation, {evidence}: not a significant gain"
+        else:
+            why = f"it was {self.ratio:.2f}x on validation ({evidence})"
+        return (
+            f"LD3 {sampler} {steps} steps: no gain over the best built-in ({self.builtin}): {why}. The outputs "
+            f"carry {self.builtin}. More teacher samples or another step count may help."
+        )
+
+
+def _p_text(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def judge(
+    learned: torch.Tensor,
+    builtin: torch.Tensor,
+    builtin_name: str,
+    steps_only: torch.Tensor | None = None,
+    seed: int = 0,
+) -> Verdict:
+    """Compare per-sample validation losses (paired, same samples in the same order)."""
+    learned, builtin = learned.double().flatten(), builtin.double().flatten()
+    if learned.shape != builtin.shape or learned.numel() == 0:
+        raise ValueError(f"paired losses needed, got {tuple(learned.shape)} and {tuple(builtin.shape)}")
+    base = float(builtin.mean())
+    ratio = (
+        float(learned.mean()) / base if base > 0 else (1.0 if float(learned.mean()) == 0 else float("inf"))
+    )
+    diff = builtin - learned  # > 0 where the learned schedule is better
+    p_value = _sign_flip_p_value(diff, seed)
+    steps_only_ratio = None
+    if steps_only is not None and base > 0:
+        steps_only_ratio = float(steps_only.double().mean()) / base
+    return Verdict(
+        builtin=builtin_name,
+        samples=learned.numel(),
+        ratio=ratio,
+        win_rate=float((diff > 0).double().mean()),
+        p_value=p_value,
+        use_learned=ratio < 1 and p_value < ALPHA,
+        steps_only_ratio=steps_only_ratio,
+    )
+
+
+def _sign_flip_p_value(diff: torch.Tensor, seed: int) -> float:
+    """P(mean of randomly sign-flipped differences >= the observed mean), one-sided."""
+    observed = float(diff.mean())
+    if not diff.abs().gt(0).any():
+        return 1.0
+    gen = torch.Generator().manual_seed(seed)
+    signs = torch.randint(0, 2, (PERMUTATIONS, diff.numel()), generator=gen, dtype=torch.int8)
+    flipped = ((signs.double() * 2 - 1) * diff).mean(1)
+    # The tolerance keeps ties (e.g. every flip of an all-equal difference) on the conservative side.
+    extreme = int((flipped >= observed - 1e-12 * abs(observed)).sum())
+    return (1 + extreme) / (1 + PERMUTATIONS)
