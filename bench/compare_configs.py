@@ -4,13 +4,14 @@ For deciding whether a change to the recipe helps: every setting is trained on t
 (per model and seed) and scored on the same held-out noises against the best built-in schedule of the
 cell, exactly as ``bench/quality.py`` scores the suite.
 
-    .venv/bin/python bench/compare_configs.py --models mix-eps-4x16x16 mix-flow-16x16x16 \\
-        --samplers dpmpp_2m uni_pc euler ipndm --nfe 4 6 --heldout 256 \\
-        --config 'pairs48={"samples": 48}' --config 'pairs100={}' --config 'batch2={"batch_size": 2}'
+    .venv/bin/python bench/compare_configs.py --models mix-eps-4x16x16 mix-flux-16x8x8 \\
+        --samplers dpmpp_2m uni_pc euler ipndm --nfe 4 6 \\
+        --config 'ld3={}' --config 'paper={"recipe": "paper"}' --config 'batch1={"batch_size": 1}'
 
-A setting is NAME=JSON: ``TrainConfig`` fields (batch_size, lr_steps, epochs_phase2, soft_gamma, ...)
-and optionally "samples", to train on the first N teacher pairs only (training and validation
-alternate, so half of them validate). --samples and --heldout change the data sizes (default: the
+A setting is NAME=JSON: "recipe" (a TrainConfig preset, default ld3), ``TrainConfig`` fields
+(batch_size, lr_steps, epochs_phase2, soft_gamma, ...) and optionally "samples", to train on the first N
+teacher pairs only (training and validation alternate, so half of them validate). Where
+bench/results/oracle.json has the cell, the share of the achievable gain is printed too. --samples and --heldout change the data sizes (default: the
 suite's); the data is cached under bench/out/cache by size.
 """
 
@@ -43,6 +44,7 @@ def _run(job: tuple[str, int, list[str], list[int], dict]) -> list[dict]:
     from bench import models
     from ld3_core import api
     from ld3_core.losses import make_loss
+    from ld3_core.schedule import Schedule
     from ld3_core.teacher import TeacherData
 
     name, seed, samplers, nfes, settings = job
@@ -55,13 +57,14 @@ def _run(job: tuple[str, int, list[str], list[int], dict]) -> list[dict]:
         for nfe in nfes:
             steps = models.steps_for_nfe(sampler, nfe)
             builtins = [
-                quality._heldout(bm, sampler, sigmas, None, noise, ref, False)["error"]
+                quality._heldout(bm, sampler, Schedule.plain(sigmas), noise, ref)["error"]
                 for sigmas in api.candidate_schedules(bm.patcher, steps, sampler).values()
             ]
             best = min(builtins)
             for label, setting in settings.items():
                 fields = dict(setting)
                 n = fields.pop("samples", None)
+                recipe = fields.pop("recipe", "ld3")
                 data = teacher
                 if n:
                     data = TeacherData(
@@ -71,11 +74,11 @@ def _run(job: tuple[str, int, list[str], list[int], dict]) -> list[dict]:
                         },
                         info={},
                     )
-                config = quality.train_config(name, steps, **{"seed": seed, **fields})
+                config = quality.train_config(name, steps, recipe, **{"seed": seed, **fields})
+                started = time.perf_counter()
                 result = api.learn_schedule(bm.patcher, data, [bm.cond], sampler, config, make_loss("l2"))
-                stats = quality._heldout(
-                    bm, sampler, result.step_sigmas, result.eval_sigmas, noise, ref, True
-                )
+                seconds = time.perf_counter() - started
+                stats = quality._heldout(bm, sampler, result.output_schedule, noise, ref)
                 rows.append(
                     {
                         "model": name,
@@ -86,29 +89,58 @@ def _run(job: tuple[str, int, list[str], list[int], dict]) -> list[dict]:
                         "ratio": stats["error"] / best,
                         "flip_rate": stats.get("flip_rate"),
                         "validation_curve": result.validation_curve,
+                        "seconds": seconds,
+                        "iterations": len(result.train_curve),
                     }
                 )
     return rows
 
 
 def summarise(rows: list[dict], labels: list[str]) -> str:
+    from bench.oracle import share
+
+    oracle_path = env.RESULTS_DIR / "oracle.json"
+    optima = {}
+    if oracle_path.is_file():
+        optima = {
+            (r["model"], r["sampler"], r["nfe"]): r["full_ratio"] for r in json.loads(oracle_path.read_text())
+        }
     cells: dict[tuple, dict[str, list[float]]] = {}
+    seconds: dict[str, list[float]] = {}
     for row in rows:
         key = (row["model"], row["sampler"], row["nfe"])
         cells.setdefault(key, {}).setdefault(row["setting"], []).append(row["ratio"])
-    lines = ["ratio = held-out mean RMSE / best built-in's, mean over seeds", "cell | " + " | ".join(labels)]
+        seconds.setdefault(row["setting"], []).append(row["seconds"])
+    lines = [
+        "ratio = held-out mean RMSE / best built-in's, mean over seeds [share of the oracle's gain]",
+        "cell | optimum | " + " | ".join(labels),
+    ]
     means: dict[str, list[float]] = {label: [] for label in labels}
+    shares: dict[str, list[float]] = {label: [] for label in labels}
     for key in sorted(cells):
         values = [statistics.mean(cells[key][label]) for label in labels]
+        optimum = optima.get(key)
+        texts = []
         for label, value in zip(labels, values, strict=True):
             means[label].append(value)
-        lines.append(f"{key[0]} {key[1]} NFE {key[2]} | " + " | ".join(f"{v:.3f}" for v in values))
+            text = f"{value:.3f}"
+            if optimum is not None:
+                shares[label].append(share(value, optimum))
+                text += f" [{shares[label][-1]:.0%}]"
+            texts.append(text)
+        opt = f"{optimum:.3f}" if optimum is not None else "-"
+        lines.append(f"{key[0]} {key[1]} NFE {key[2]} | {opt} | " + " | ".join(texts))
     for label in labels:
         v = means[label]
-        lines.append(
-            f"{label}: mean {statistics.mean(v):.3f}, median {statistics.median(v):.3f}, "
-            f"beats the best built-in in {sum(x < 1 for x in v)}/{len(v)}, <= 0.7x in {sum(x <= 0.7 for x in v)}"
+        text = (
+            f"{label}: mean {statistics.mean(v):.3f}, median {statistics.median(v):.3f}, worst {max(v):.3f}, "
+            f"beats the best built-in in {sum(x < 1 for x in v)}/{len(v)}; "
+            f"mean training time {statistics.mean(seconds[label]):.1f} s"
         )
+        if shares[label]:
+            s = shares[label]
+            text += f"; share: mean {statistics.mean(s):.0%}, min {min(s):.0%}, >= 80% in {sum(x >= 0.8 for x in s)}/{len(s)}"
+        lines.append(text)
     return "\n".join(lines)
 
 

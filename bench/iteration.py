@@ -1,8 +1,9 @@
-"""One LD3 training iteration, instrumented: the trainer's phase-2 step with its time split and memory.
+"""One LD3 training iteration, instrumented: the trainer's step with its time split and memory.
 
-The iteration is the trainer's (ld3_core/trainer.py) phase-2 step, built from the same pieces:
-``sigmas_from_logits`` / ``eval_sigmas_from_offsets``, the ``DifferentiableSampler`` student (per-call
-checkpointing), the loss object, RMSprop + SGD + SGD, gradient clipping and the r-ball projection.
+The iteration is the default recipe's step (ld3_core/trainer.py), built from the same pieces:
+``ScheduleParameters`` (every per-step sigma free), the ``DifferentiableSampler`` student (per-call
+checkpointing), the loss object, the recipe's optimisers (``make_optimizers``), gradient clipping, the
+projection onto the model's sigma range and, with ``soft_gamma``, the r-ball projection.
 What it adds is timing: an APPLY_MODEL wrapper placed *inside* LD3's checkpoint wrapper times every
 denoiser call and knows whether it runs in the forward pass or as the recompute inside backward, and
 a gradient hook on the student's output marks where the loss's backward ends and the solver's begins.
@@ -67,14 +68,14 @@ class InstrumentedIteration:
         targets: torch.Tensor,
         loss,
         checkpoint: bool = True,
-        soft_gamma: float = 0.001,
+        soft_gamma: float = 0.0,
         device="cpu",
     ):
         import comfy.patcher_extension as pe
 
         from ld3_core.comfy_adapter import DifferentiableSampler
-        from ld3_core.parameterisation import ball_radius, logits_from_sigmas
-        from ld3_core.trainer import TrainConfig
+        from ld3_core.parameterisation import ScheduleParameters, ball_radius
+        from ld3_core.trainer import TrainConfig, make_optimizers
 
         self.device = device
         self.phase = _Phase()
@@ -84,26 +85,27 @@ class InstrumentedIteration:
         )
         self.cond = cond
         self.steps = init_sigmas.numel() - 1
-        self.sigma_max = float(init_sigmas[0])
-        config = TrainConfig(steps=self.steps)
+        config = TrainConfig(steps=self.steps, soft_gamma=soft_gamma)
         self.config = config
         self.loss = loss
+        ms = patcher.get_model_object("model_sampling")
         with torch.inference_mode(False):
             self.noise = noise.clone().float()
             self.prepared = loss.prepare(targets.clone())
-            self.step_logits = logits_from_sigmas(init_sigmas.float()).clone().requires_grad_(True)
-            self.eval_offsets = torch.zeros(self.steps, requires_grad=True)
+            self.params = ScheduleParameters(
+                init_sigmas.float(),
+                config.freedom,
+                (float(ms.sigma_min), float(ms.sigma_max)),
+                config.first_offset,
+            )
             self.noise_prime = self.noise.clone().requires_grad_(True)
         self.radius = ball_radius(soft_gamma, noise[0].numel(), self.steps)
-        self.opt_steps = torch.optim.RMSprop(
-            [self.step_logits], lr=config.lr_steps, momentum=config.rmsprop_momentum
-        )
-        self.opt_offsets = torch.optim.SGD([self.eval_offsets], lr=0.01 / self.steps)
+        self.opt_steps, self.opt_offsets = make_optimizers(config, self.params)
         self.opt_noise = torch.optim.SGD([self.noise_prime], lr=12.0 / self.steps)
 
     def run(self) -> dict:
         """One iteration; returns seconds per part (and denoiser call counts)."""
-        from ld3_core.parameterisation import eval_sigmas_from_offsets, project_to_ball, sigmas_from_logits
+        from ld3_core.parameterisation import project_to_ball
 
         phase, device = self.phase, self.device
         phase.name, phase.forward_s, phase.recompute_s = "forward", 0.0, 0.0
@@ -112,9 +114,7 @@ class InstrumentedIteration:
         with torch.inference_mode(False), torch.enable_grad():
             _sync(device)
             t0 = time.perf_counter()
-            step_sigmas = sigmas_from_logits(self.step_logits, self.sigma_max)
-            eval_sigmas = eval_sigmas_from_offsets(step_sigmas, self.eval_offsets)
-            out = self.student(self.noise_prime, self.cond, step_sigmas, eval_sigmas)
+            out = self.student(self.noise_prime, self.cond, self.params.schedule())
             _sync(device)
             t1 = time.perf_counter()
             value = self.loss(out, self.prepared).mean()
@@ -134,13 +134,15 @@ class InstrumentedIteration:
             _sync(device)
             t3 = time.perf_counter()
             phase.name = "forward"
-            torch.nn.utils.clip_grad_norm_([self.step_logits], self.config.grad_clip)
+            for p in (self.params.step_logits, *self.params.offset_parameters()):
+                torch.nn.utils.clip_grad_norm_([p], self.config.grad_clip)
             self.opt_steps.step()
-            torch.nn.utils.clip_grad_norm_([self.eval_offsets], self.config.grad_clip)
             self.opt_offsets.step()
-            self.opt_noise.step()
-            with torch.no_grad():
-                self.noise_prime.copy_(project_to_ball(self.noise_prime, self.noise, self.radius))
+            self.params.project()
+            if self.radius > 0:
+                self.opt_noise.step()
+                with torch.no_grad():
+                    self.noise_prime.copy_(project_to_ball(self.noise_prime, self.noise, self.radius))
             _sync(device)
             t4 = time.perf_counter()
         loss_bwd_end = marks.get("loss_backward_done", t2)

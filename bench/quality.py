@@ -18,18 +18,20 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-# Learned variants: what each one changes from the paper's recipe (TrainConfig defaults).
+# Learned variants: the recipe (a TrainConfig preset, as the node's `recipe` widget) and the loss.
 VARIANTS: dict[str, dict] = {
-    "ld3 soft+decoupled": {"soft_gamma": 0.001, "decoupled": True, "loss": "l2"},
-    "ld3 soft": {"soft_gamma": 0.001, "decoupled": False, "loss": "l2"},
-    "ld3 hard": {"soft_gamma": 0.0, "decoupled": True, "loss": "l2"},
-    "ld3 soft+decoupled lpips": {"soft_gamma": 0.001, "decoupled": True, "loss": "lpips"},
+    "ld3": {"recipe": "ld3", "loss": "l2"},
+    "paper": {"recipe": "paper", "loss": "l2"},
+    "ld3 lpips": {"recipe": "ld3", "loss": "lpips"},
 }
 ALL_SAMPLERS = ("euler", "heun", "dpmpp_2m", "uni_pc", "ipndm", "deis")
 PAPER_SAMPLERS = ("dpmpp_2m", "uni_pc", "ipndm", "euler")
-MAIN = ("ld3 soft+decoupled",)
-ABLATIONS = ("ld3 soft+decoupled", "ld3 soft", "ld3 hard")
+EXACT_MODELS = ("mix-eps-4x16x16", "mix-flux-16x8x8")
+ORACLE_NFE = (4, 6, 8)
+DIGITS_SAMPLERS, DIGITS_NFE = ("euler", "dpmpp_2m", "uni_pc"), (4, 6)
+BOTH = ("ld3", "paper")
 HELDOUT_SEED = 900_000  # one fixed held-out set per model, disjoint from the teacher seeds below
+OTHER_SEED = 700_000  # a second set, to see how the in-sample oracle does on noises it was not fitted to
 
 
 @dataclass(frozen=True)
@@ -41,35 +43,36 @@ class Cell:
 
 @dataclass(frozen=True)
 class Budget:
-    """Per-model data sizes (reduced from the paper's 50/50 to fit the CPU budget)."""
+    """Per-model data sizes."""
 
     samples: int  # teacher pairs, half training / half validation
     heldout: int
-    batch_size: int
+    batch_size: int | None = None  # None: the recipe's own
+
+
+def oracle_models() -> tuple[str, ...]:
+    """The models whose cells get an oracle (bench/oracle.py): the exact mixtures and the trained network."""
+    return (*EXACT_MODELS, "digits-edm")
+
+
+def oracle_cells(model_names) -> list[tuple[str, str, int]]:
+    return [(m, c.sampler, c.nfe) for m in model_names if m in oracle_models() for c in grid(m)]
 
 
 def grid(model: str) -> list[Cell]:
-    """The cells measured for one model (the CPU budget decides how many; see BENCHMARKS.md)."""
-    if model == "mix-eps-4x16x16":
-        cells = []
-        for nfe in (4, 5, 6):
-            for sampler in ALL_SAMPLERS:
-                ablate = sampler in ("dpmpp_2m", "uni_pc") and nfe in (4, 6)
-                cells.append(Cell(sampler, nfe, ABLATIONS if ablate else MAIN))
-        return cells + [Cell(s, nfe, MAIN) for nfe in (8, 10) for s in ("dpmpp_2m", "uni_pc")]
-    if model in ("mix-eps-4x32x32", "mix-flow-16x16x16"):
-        cells = [Cell(s, nfe, MAIN) for nfe in (4, 5, 6) for s in PAPER_SAMPLERS]
-        return cells + [Cell("dpmpp_2m", nfe, MAIN) for nfe in (8, 10)]
+    """The cells measured for one model."""
+    if model in EXACT_MODELS:  # every cell has an oracle (bench/oracle.py)
+        return [Cell(s, nfe, BOTH) for nfe in ORACLE_NFE for s in ALL_SAMPLERS]
+    if model == "digits-edm":  # a trained network: the oracle runs here too
+        return [Cell(s, nfe, BOTH) for nfe in DIGITS_NFE for s in DIGITS_SAMPLERS]
     if model.startswith("tiny-"):  # the paper's four solvers at NFE 4 and 6; a dpmpp_2m NFE sweep on SD1.5
-        lpips = ("ld3 soft+decoupled lpips",) if model == "tiny-sd15-eps" else ()
+        lpips = ("ld3 lpips",) if model == "tiny-sd15-eps" else ()
         cells = [
-            Cell(s, nfe, MAIN + (lpips if s == "dpmpp_2m" else ())) for nfe in (4, 6) for s in PAPER_SAMPLERS
+            Cell(s, nfe, BOTH + (lpips if s == "dpmpp_2m" else ())) for nfe in (4, 6) for s in PAPER_SAMPLERS
         ]
         if model == "tiny-sd15-eps":
-            cells += [Cell("dpmpp_2m", nfe, MAIN) for nfe in (5, 8, 10)]
+            cells += [Cell("dpmpp_2m", nfe, BOTH) for nfe in (5, 8, 10)]
         return cells
-    if model == "digits-edm":  # a trained network (bench/digits.py): the paper's four solvers at NFE 4 and 6
-        return [Cell(s, nfe, MAIN) for nfe in (4, 6) for s in PAPER_SAMPLERS]
     raise KeyError(model)
 
 
@@ -86,12 +89,12 @@ def budget(model: str) -> Budget:
 
 
 def _default_budget(model: str) -> Budget:
-    if model.startswith("mix-"):
-        # The paper's 50 / 50 pairs (the data is cheap). 128 held-out noises: a mode flip costs ~10x a
-        # typical sample's error, so with 32 one flip moved a cell's mean by tens of per cent. Batch 4,
-        # not the paper's 2, halves the training time; side by side (16 cells x 3 seeds) the mean ratio
-        # to the best built-in was 0.960 at batch 4 and 0.964 at batch 2 (1.086 with 24 / 24 pairs).
-        return Budget(samples=100, heldout=128, batch_size=4)
+    if model in EXACT_MODELS:
+        # LD3 Generate Teacher's default 50 samples (25 train / 25 validation); 512 held-out noises, the
+        # oracle's own, so learned and optimal schedules are scored on the same samples.
+        return Budget(samples=50, heldout=512)
+    if model == "digits-edm":
+        return Budget(samples=50, heldout=128)
     return Budget(samples=16, heldout=8, batch_size=2)
 
 
@@ -127,23 +130,26 @@ def eval_batch(bm) -> int:
     return 128 if bm.exact else 8
 
 
-def train_config(name: str, steps: int, **fields):
-    """The trainer's settings for a bench model: the paper's recipe with the bench's batch sizes."""
+def train_config(name: str, steps: int, recipe: str = "ld3", **fields):
+    """The trainer's settings for a bench model: the recipe's, with the bench's evaluation batch."""
     from ld3_core.trainer import TrainConfig
 
-    sizes = {"batch_size": budget(name).batch_size, "eval_batch_size": eval_batch(_model(name))}
-    return TrainConfig(steps=steps, **{**sizes, **fields})
+    sizes = {"eval_batch_size": eval_batch(_model(name))}
+    if budget(name).batch_size is not None:
+        sizes["batch_size"] = budget(name).batch_size
+    return TrainConfig.preset(recipe, steps, **{**sizes, **fields})
 
 
 def _reference(bm, noise: torch.Tensor) -> torch.Tensor:
-    """The reference endpoint for unit noise: the exact 500-step solve or the teacher."""
+    """The reference endpoint for unit noise: a many-step solve (exact for mixtures) or the teacher."""
     from ld3_core.comfy_adapter import sample_stock
     from ld3_core.teacher import schedule_sigmas
 
-    sigmas = schedule_sigmas(bm.patcher, bm.teacher_scheduler, bm.teacher_steps, "dpmpp_2m")
+    sampler = bm.reference_sampler
+    sigmas = schedule_sigmas(bm.patcher, bm.reference_scheduler, bm.reference_steps, sampler)
     batch = eval_batch(bm)
     outs = [
-        sample_stock(bm.patcher, bm.cond, "dpmpp_2m", sigmas, noise[i : i + batch]).float().cpu()
+        sample_stock(bm.patcher, bm.cond, sampler, sigmas, noise[i : i + batch]).float().cpu()
         for i in range(0, len(noise), batch)
     ]
     return torch.cat(outs)
@@ -153,40 +159,35 @@ def _cache_file(name: str, seed: int | None):
     from bench import env
 
     size = budget(name)
-    tag = f"heldout{size.heldout}" if seed is None else f"seed{seed}_{size.samples}"
+    tag = {None: f"heldout{size.heldout}", "other": f"other{size.heldout}"}.get(
+        seed, f"seed{seed}_{size.samples}"
+    )
     return env.BENCH_DIR / "out" / "cache" / f"{name}_{tag}.pt"
 
 
-def _make(name: str, seed: int | None) -> dict:
-    """Teacher pairs for a seed, or (seed None) the model's held-out noises and references."""
+def _make(name: str, seed) -> dict:
+    """Teacher pairs for a seed, or the model's held-out noises and references (seed None or "other")."""
+    from bench.models import TEACHER_STEPS
     from ld3_core.teacher import generate_teacher, start_noise
 
     bm, size = _model(name), budget(name)
     started = time.perf_counter()
-    if seed is None:
-        noise = start_noise(bm.latent_shape, HELDOUT_SEED, size.heldout)
+    if seed is None or seed == "other":
+        noise = start_noise(bm.latent_shape, HELDOUT_SEED if seed is None else OTHER_SEED, size.heldout)
         out = {"noise": noise, "ref": _reference(bm, noise)}
-    elif bm.exact:
-        noise = start_noise(bm.latent_shape, 1000 * seed, size.samples)
-        out = {
-            "noise": noise,
-            "targets": _reference(bm, noise),
-            "prompt_index": torch.zeros(size.samples, dtype=torch.long),
-            "is_validation": torch.arange(size.samples) % 2 == 1,  # the split generate_teacher makes
-        }
     else:
+        # What a user trains on: LD3 Generate Teacher's defaults (dpmpp_2m, scheduler auto, 20 steps).
         teacher = generate_teacher(
             bm.patcher,
             [bm.cond],
             bm.latent_shape,
             size.samples,
             1000 * seed,
-            sampler="dpmpp_2m",
-            scheduler=bm.teacher_scheduler,
-            steps=bm.teacher_steps,
-            batch_size=4,
+            steps=TEACHER_STEPS,
+            batch_size=eval_batch(bm),
         )
         out = {k: getattr(teacher, k) for k in ("noise", "targets", "prompt_index", "is_validation")}
+        out["teacher_scheduler"] = teacher.info["scheduler"]
     out["seconds"] = time.perf_counter() - started
     return out
 
@@ -239,19 +240,18 @@ def _stats(bm, out: torch.Tensor, ref: torch.Tensor) -> dict:
     return stats
 
 
-def _heldout(bm, sampler, step_sigmas, eval_sigmas, noise, ref, learned: bool) -> dict:
+def _heldout(bm, sampler, schedule, noise, ref) -> dict:
+    """What a user gets, on the held-out noises: the stock sampler (on the LD3-patched model if learned)."""
     from ld3_core import api
     from ld3_core.comfy_adapter import sample_stock
 
     outs, batch = [], eval_batch(bm)
     for i in range(0, len(noise), batch):
         chunk = noise[i : i + batch]
-        if learned:  # what a user gets: the stock sampler on the LD3-patched model
-            outs.append(
-                api.sample_with_schedule(bm.patcher, bm.cond, sampler, step_sigmas, eval_sigmas, chunk)
-            )
+        if schedule.is_plain:
+            outs.append(sample_stock(bm.patcher, bm.cond, sampler, schedule.step_sigmas, chunk))
         else:
-            outs.append(sample_stock(bm.patcher, bm.cond, sampler, step_sigmas, chunk))
+            outs.append(api.sample_with_schedule(bm.patcher, bm.cond, sampler, schedule, chunk))
     return _stats(bm, torch.cat(outs), ref)
 
 
@@ -264,6 +264,7 @@ def run_job(job: tuple[str, int, list[Cell]]) -> list[dict]:
     from bench import models
     from ld3_core import api
     from ld3_core.losses import make_loss
+    from ld3_core.schedule import Schedule
 
     name, seed, cells = job
     bm = _model(name)
@@ -286,13 +287,11 @@ def run_job(job: tuple[str, int, list[Cell]]) -> list[dict]:
         }
         schedules.update({n: (s, "extra") for n, s in api.extra_schedules(bm.patcher, steps).items()})
         for method, (sigmas, kind) in schedules.items():
-            stats = _heldout(bm, cell.sampler, sigmas, None, noise, ref, False)
+            stats = _heldout(bm, cell.sampler, Schedule.plain(sigmas), noise, ref)
             rows.append({**base, "method": method, "kind": kind, **stats, "sigmas": sigmas.tolist()})
         for variant in cell.variants:
             spec = VARIANTS[variant]
-            config = train_config(
-                name, steps, soft_gamma=spec["soft_gamma"], decoupled=spec["decoupled"], seed=seed
-            )
+            config = train_config(name, steps, spec["recipe"], seed=seed)
             loss = make_loss(spec["loss"], vae=bm.vae, lpips_weights=str(env.LPIPS_WEIGHTS))
             started = time.perf_counter()
             try:
@@ -303,35 +302,40 @@ def run_job(job: tuple[str, int, list[Cell]]) -> list[dict]:
                 )
                 continue
             train_s = time.perf_counter() - started
-            stats = _heldout(bm, cell.sampler, result.step_sigmas, result.eval_sigmas, noise, ref, True)
-            # The starting schedule through the same LD3 patch (continuous time): separates what the
-            # learned schedule gains from what the patch's un-rounded timesteps alone change.
-            init_sigmas = schedules[result.initial_scheduler][0]
-            init_patched = _heldout(bm, cell.sampler, init_sigmas, None, noise, ref, True)
-            stats["init_patched_error"] = init_patched["error"]
-            stats["init_patched_error_median"] = init_patched["error_median"]
+            # What users get (the verdict's choice), and the learned schedule itself even where the
+            # verdict handed back the built-in.
+            stats = _heldout(bm, cell.sampler, result.output_schedule, noise, ref)
+            learned = _heldout(bm, cell.sampler, result.schedule, noise, ref)
+            verdict = result.verdict.as_dict()
             rows.append(
                 {
                     **base,
                     "method": variant,
                     "kind": "learned",
                     **stats,
+                    "learned_error": learned["error"],
+                    "learned_error_median": learned["error_median"],
                     "train_s": train_s,
+                    "iterations": len(result.train_curve),
+                    "epochs": result.epochs_done,
                     "initial_scheduler": result.initial_scheduler,
                     "initial_validation_loss": result.initial_validation_loss,
                     "best_validation_loss": result.best_validation_loss,
                     "validation_curve": result.validation_curve,
-                    "sigmas": result.step_sigmas.tolist(),
-                    "eval_sigmas": result.eval_sigmas.tolist(),
+                    "verdict": verdict,
+                    "schedule": [t.tolist() for t in result.schedule.tensors()],
                     "config": asdict(config),
                     "loss": spec["loss"],
+                    "teacher_scheduler": _data(name, seed).get("teacher_scheduler"),
                 }
             )
     return rows
 
 
 def data_jobs(model_names, seeds) -> list[tuple[str, int | None]]:
-    return [(name, None) for name in model_names] + [(name, s) for name in model_names for s in seeds]
+    held = [(name, None) for name in model_names]
+    other = [(name, "other") for name in model_names if name in oracle_models()]
+    return held + other + [(name, s) for name in model_names for s in seeds]
 
 
 def jobs(model_names, seeds=(0, 1, 2)) -> list[tuple[str, int, list[Cell]]]:
@@ -381,11 +385,13 @@ def aggregate(rows: list[dict]) -> list[dict]:
         if "flip_rate" in group[0]:
             record["flip_rate_mean"] = mean_sd("flip_rate")[0]
         if group[0]["kind"] == "learned":
-            record["init_patched_error_mean"] = mean_sd("init_patched_error")[0]
-            record["per_seed_init_patched"] = [r.get("init_patched_error", math.nan) for r in group]
-            record["init_patched_error_median_mean"] = mean_sd("init_patched_error_median")[0]
+            record["learned_error_mean"] = mean_sd("learned_error")[0]
+            record["per_seed_learned"] = [r.get("learned_error", math.nan) for r in group]
             record["train_s_mean"] = sum(r.get("train_s", 0.0) for r in group) / len(group)
+            record["iterations_mean"] = sum(r.get("iterations", 0) for r in group) / len(group)
             record["initial_schedulers"] = [r.get("initial_scheduler") for r in group]
+            record["use_learned"] = [r.get("verdict", {}).get("use_learned") for r in group]
+            record["validation_ratio"] = [r.get("verdict", {}).get("ratio") for r in group]
             failures = [r["failed"] for r in group if "failed" in r]
             if failures:
                 record["failures"] = failures

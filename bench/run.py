@@ -1,10 +1,12 @@
 """The CPU benchmark suite in one command: quality, cost and memory -> bench/results/*.json + BENCHMARKS.md.
 
-    .venv/bin/python bench/run.py            # the full CPU suite (about 15 minutes on 2 cores)
-    .venv/bin/python bench/run.py --quick    # one seed, a few cells: checks the plumbing in ~2 minutes
+    .venv/bin/python bench/run.py            # the CPU suite; the oracle from bench/results/oracle.json
+    .venv/bin/python bench/run.py --oracle   # ... and the oracle computed again (about 1 hour more)
+    .venv/bin/python bench/run.py --quick    # one seed, a few cells: checks the plumbing in a few minutes
 
-Work runs in worker processes (one torch thread each): the cost + memory suite in one of them while
-the others make teacher data; then the quality cells, longest first.
+Work runs in worker processes (one torch thread each): the cost + memory suite first and alone, then
+teacher data, then the quality cells, longest first, then (``--oracle``, or for cells it lacks) the
+oracle, started from this run's learned schedules too.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ if __package__ in (None, ""):
 from bench import env, quality
 
 QUICK_MODELS = ("mix-eps-4x16x16", "tiny-flux")
+ORACLE_FILE = env.RESULTS_DIR / "oracle.json"
 
 
 def _cost_job(_: int) -> dict:
@@ -38,13 +41,9 @@ def _cost_job(_: int) -> dict:
 
 def _job_weight(job) -> float:
     name, _, cells = job
-    per_call = {
-        "tiny-sd15-eps": 30.0,
-        "tiny-sd15-v": 30.0,
-        "tiny-flux": 12.0,
-        "mix-eps-4x32x32": 4.0,
-        "mix-flow-16x16x16": 3.0,
-    }.get(name, 2.0)
+    per_call = {"tiny-sd15-eps": 30.0, "tiny-sd15-v": 30.0, "tiny-flux": 12.0, "digits-edm": 20.0}.get(
+        name, 2.0
+    )
     return per_call * sum(c.nfe * len(c.variants) for c in cells)
 
 
@@ -66,6 +65,11 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=max(1, min(os.cpu_count() or 1, 4)))
     parser.add_argument("--skip-cost", action="store_true", help="keep bench/results/cost.json as it is")
     parser.add_argument("--models", nargs="*", help="a subset of the models (default: all)")
+    parser.add_argument(
+        "--oracle",
+        action="store_true",
+        help="compute the oracle again for every cell (else only missing ones)",
+    )
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -108,11 +112,21 @@ def main(argv=None) -> int:
                     f"{job_rows[0]['nfe']} done at {time.perf_counter() - started:.0f} s",
                     flush=True,
                 )
+        (env.BENCH_DIR / "out").mkdir(exist_ok=True)
+        (env.BENCH_DIR / "out" / "quality_rows.json").write_text(json.dumps(rows, indent=1))
+        cells = {(r["model"], r["sampler"], r["nfe"]) for r in rows if r["kind"] == "learned"}
+        cells &= set(quality.oracle_cells(used))
+        known = json.loads(ORACLE_FILE.read_text()) if ORACLE_FILE.is_file() else []
+        if not args.oracle:
+            cells -= {(r["model"], r["sampler"], r["nfe"]) for r in known}
+        if cells and not args.quick:
+            from bench import oracle
+
+            oracle.run(cells, pool, rows, ORACLE_FILE, log=lambda msg: print(msg, flush=True))
+            print(f"oracle: done at {time.perf_counter() - started:.0f} s", flush=True)
 
     records = quality.aggregate(rows)
     (env.RESULTS_DIR / "quality.json").write_text(json.dumps(records, indent=1))
-    (env.BENCH_DIR / "out").mkdir(exist_ok=True)
-    (env.BENCH_DIR / "out" / "quality_rows.json").write_text(json.dumps(rows, indent=1))
     if cost is not None:
         (env.RESULTS_DIR / "cost.json").write_text(json.dumps(cost, indent=1))
 

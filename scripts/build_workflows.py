@@ -121,7 +121,7 @@ def _first_output(key: str) -> str:
 
 
 def _train_sigmas(sampler: str, steps: int, schedule_name: str) -> Node:
-    """LD3 Train Sigmas with the paper's recipe for latent models (LPIPS through the VAE)."""
+    """LD3 Train Sigmas with the default ld3 recipe and LPIPS through the VAE."""
     return Node(
         "train",
         "LD3TrainSigmas",
@@ -133,6 +133,11 @@ def _train_sigmas(sampler: str, steps: int, schedule_name: str) -> Node:
             "schedule_name": schedule_name,
         },
     )
+
+
+def _verdict() -> Node:
+    """Preview as Text for LD3 Train Sigmas' report: the verdict against the best built-in."""
+    return Node("verdict", "PreviewAny", title="LD3 verdict", size=(420, 160))
 
 
 def _sd15_ksampler_ld3(steps: int) -> Node:
@@ -158,12 +163,15 @@ def sd15_train() -> Workflow:
             "note",
             "LD3 for SD1.x: learn a 6-step dpmpp_2m schedule for this checkpoint, then sample with it.\n\n"
             "1. LD3 Generate Teacher samples the model with 20 steps (50 samples, both prompts in turn).\n"
-            "2. LD3 Train Sigmas learns the 6 step sigmas (+ decoupled model times) against the teacher "
-            "with LPIPS on decoded images, and saves the best one to models/ld3/"
-            f"{SD15_SCHEDULE}.safetensors while it trains (Cancel keeps the best so far).\n"
-            "3. Sample with the learned SIGMAS (SamplerCustomAdvanced) or with the 'ld3' scheduler in a "
-            "stock KSampler on the patched MODEL; the last KSampler is the default karras schedule at "
-            "the same 6 steps, for comparison.\n\n"
+            "2. LD3 Train Sigmas learns, per step, the step sigma, the time the network is told and the "
+            "sigma its input and output are scaled with, against the teacher with LPIPS on decoded "
+            "images, and saves the best one to models/ld3/"
+            f"{SD15_SCHEDULE}.safetensors while it trains (Cancel keeps the best so far). Its verdict "
+            "(learned vs the best built-in on held-out teacher samples) shows in 'LD3 verdict'; if the "
+            "learned schedule is not significantly better, the outputs carry that built-in.\n"
+            "3. Sample with the patched MODEL: SamplerCustomAdvanced with the learned SIGMAS, or the "
+            "'ld3' scheduler in a stock KSampler (the SIGMAS alone are only the step sigmas); the last "
+            "KSampler is the default karras schedule at the same 6 steps, for comparison.\n\n"
             "Later runs: ld3_sd15_use_saved.json loads the saved schedule without training. "
             "The teacher's CFG must be the CFG you sample with.",
         ),
@@ -179,8 +187,8 @@ def sd15_train() -> Workflow:
                 "sample_count": 50,
                 "seed": 0,
                 "cfg": 7.0,
-                "sampler_name": "dpmpp_2m",
-                "scheduler": "karras",
+                "sampler_name": "uni_pc",
+                "scheduler": "auto",
                 "steps": 20,
                 "batch_size": 4,
                 "name": SD15_TEACHER,
@@ -188,6 +196,7 @@ def sd15_train() -> Workflow:
         ),
         _train_sigmas(SD15_SAMPLER, SD15_STEPS, SD15_SCHEDULE),
         Node("plot", "PreviewImage", title="Training plot"),
+        _verdict(),
         Node("noise", "RandomNoise", {"noise_seed": SEED}),
         Node("guider", "CFGGuider", {"cfg": 7.0}),
         Node("select", "KSamplerSelect", {"sampler_name": SD15_SAMPLER}),
@@ -218,6 +227,7 @@ def sd15_train() -> Workflow:
         ("teacher", "teacher", "train", "teacher"),
         ("ckpt", "VAE", "train", "vae"),
         ("train", "plot", "plot", "images"),
+        ("train", "report", "verdict", "source"),
         ("train", "model", "guider", "model"),
         ("pos", "CONDITIONING", "guider", "positive"),
         ("neg", "CONDITIONING", "guider", "negative"),
@@ -247,14 +257,14 @@ def sd15_train() -> Workflow:
         ["note", "ckpt", "latent"],
         ["pos", "pos2", "neg"],
         ["teacher"],
-        ["train", "plot"],
+        ["train", "plot", "verdict"],
         ["noise", "guider", "select", "custom"],
         ["ks_ld3", "ks_default"],
         ["decode_custom", "decode_ks_ld3", "decode_ks_default"],
         ["save_custom", "save_ks_ld3", "save_ks_default"],
     ]
     groups = [
-        ("1. Learn the schedule (once)", ["teacher", "train", "plot"]),
+        ("1. Learn the schedule (once)", ["teacher", "train", "plot", "verdict"]),
         ("2. Sample with it", ["noise", "guider", "select", "custom", "ks_ld3"]),
     ]
     return Workflow("ld3_sd15_train", nodes, links, columns, groups)
@@ -323,8 +333,8 @@ def flux_train() -> Workflow:
                 "sample_count": 50,
                 "seed": 0,
                 "cfg": 1.0,
-                "sampler_name": "dpmpp_2m",
-                "scheduler": "simple",
+                "sampler_name": "uni_pc",
+                "scheduler": "auto",
                 "steps": 20,
                 "batch_size": 2,
                 "name": "ld3_flux_teacher",
@@ -332,6 +342,7 @@ def flux_train() -> Workflow:
         ),
         _train_sigmas(FLUX_SAMPLER, FLUX_STEPS, FLUX_SCHEDULE),
         Node("plot", "PreviewImage", title="Training plot"),
+        _verdict(),
         Node("noise", "RandomNoise", {"noise_seed": SEED}),
         Node("select", "KSamplerSelect", {"sampler_name": FLUX_SAMPLER}),
         Node("guider", "BasicGuider", title="BasicGuider (learned schedule)"),
@@ -355,6 +366,7 @@ def flux_train() -> Workflow:
         ("teacher", "teacher", "train", "teacher"),
         ("vae", "VAE", "train", "vae"),
         ("train", "plot", "plot", "images"),
+        ("train", "report", "verdict", "source"),
         ("train", "model", "guider", "model"),
         ("guidance", "CONDITIONING", "guider", "conditioning"),
         ("noise", "NOISE", "custom", "noise"),
@@ -379,13 +391,13 @@ def flux_train() -> Workflow:
         ["note", "unet", "clip", "vae"],
         ["shift", "latent", "pos", "guidance", "neg"],
         ["teacher"],
-        ["train", "plot"],
+        ["train", "plot", "verdict"],
         ["noise", "select", "guider", "custom", "guider_default", "sched_default", "custom_default"],
         ["decode_custom", "decode_custom_default"],
         ["save_custom", "save_custom_default"],
     ]
     groups = [
-        ("1. Learn the schedule (once)", ["teacher", "train", "plot"]),
+        ("1. Learn the schedule (once)", ["teacher", "train", "plot", "verdict"]),
         ("2. Sample with it", ["noise", "select", "guider", "custom"]),
     ]
     return Workflow("ld3_flux_train", nodes, links, columns, groups)
@@ -396,8 +408,8 @@ def sd15_use_saved() -> Workflow:
         _note(
             "note",
             "Sample SD1.x with a schedule learned earlier by ld3_sd15_train.json.\n\n"
-            "LD3 Load Sigmas reads models/ld3/<file> and patches the MODEL with the learned decoupled "
-            "times; the stock KSampler then uses it through the 'ld3' scheduler. Keep the sampler, steps "
+            "LD3 Load Sigmas reads models/ld3/<file> and patches the MODEL with the learned per-step "
+            "network times and scaling; the stock KSampler then uses it through the 'ld3' scheduler. Keep the sampler, steps "
             "and CFG the schedule was learned for (another step count is resampled, with a warning).",
         ),
         Node("ckpt", "CheckpointLoaderSimple", {"ckpt_name": SD15_CHECKPOINT}),
@@ -445,6 +457,7 @@ def sd15_retrain() -> Workflow:
         Node("teacher", "LD3LoadTeacher", {"teacher_file": f"{SD15_TEACHER}_00001.safetensors"}),
         _train_sigmas(SD15_SAMPLER, SD15_RETRAIN_STEPS, SD15_RETRAIN_SCHEDULE),
         Node("plot", "PreviewImage", title="Training plot"),
+        _verdict(),
         _sd15_ksampler_ld3(SD15_RETRAIN_STEPS),
     ]
     links = [
@@ -458,6 +471,7 @@ def sd15_retrain() -> Workflow:
         ("teacher", "teacher", "train", "teacher"),
         ("ckpt", "VAE", "train", "vae"),
         ("train", "plot", "plot", "images"),
+        ("train", "report", "verdict", "source"),
         ("train", "model", "ks", "model"),
         ("pos", "CONDITIONING", "ks", "positive"),
         ("neg", "CONDITIONING", "ks", "negative"),
@@ -467,12 +481,12 @@ def sd15_retrain() -> Workflow:
     columns = [
         ["note", "ckpt", "latent"],
         ["pos", "pos2", "neg"],
-        ["teacher", "train", "plot"],
+        ["teacher", "train", "plot", "verdict"],
         ["ks"],
         ["decode_ks"],
         ["save_ks"],
     ]
-    groups = [("Learn a 4-step schedule from the saved teacher", ["teacher", "train", "plot"])]
+    groups = [("Learn a 4-step schedule from the saved teacher", ["teacher", "train", "plot", "verdict"])]
     return Workflow("ld3_sd15_retrain", nodes + more_nodes, links + more_links, columns, groups)
 
 
@@ -482,8 +496,9 @@ def flux_use_saved() -> Workflow:
         _note(
             "note",
             "Sample Flux-dev with a schedule learned earlier by ld3_flux_train.json.\n\n"
-            "LD3 Load Sigmas patches the MODEL with the learned decoupled times and outputs the learned "
-            "SIGMAS for SamplerCustomAdvanced. Keep the sampler, steps and resolution (ModelSamplingFlux "
+            "LD3 Load Sigmas patches the MODEL with the learned per-step network times and scaling and "
+            "outputs the learned SIGMAS for SamplerCustomAdvanced (use both: the SIGMAS alone are only the "
+            "step sigmas). Keep the sampler, steps and resolution (ModelSamplingFlux "
             "width/height) the schedule was learned for.",
         ),
         *nodes,
@@ -524,22 +539,22 @@ def demo() -> Workflow:
             "note",
             "The zero-download LD3 demo: runs on a CPU in a few minutes.\n\n"
             "LD3 Demo Model is an exact Gaussian-mixture 'diffusion model' (SD1.x-style eps, or flow), so "
-            "every error you see is the sampler's own ODE error. The teacher runs dpmpp_2m at 30 steps; "
-            "LD3 Train Sigmas learns a 6-step dpmpp_2m schedule (l2 loss: there is no VAE); LD3 Compare "
-            "Sigmas then measures it against every built-in scheduler on held-out samples (report: lower "
-            "RMSE is better).",
+            "every error you see is the sampler's own ODE error. The teacher runs uni_pc at 20 steps and "
+            "reports its own error; LD3 Train Sigmas learns a 6-step dpmpp_2m schedule (l2 loss: there "
+            "is no VAE) and gives its verdict; LD3 Compare Sigmas then measures it against every built-in "
+            "scheduler on held-out samples (report: lower RMSE is better).",
         ),
         Node("model", "LD3DemoModel", {"kind": "eps", "width": 16, "height": 16, "seed": 0}),
         Node(
             "teacher",
             "LD3GenerateTeacher",
             {
-                "sample_count": 16,
+                "sample_count": 50,
                 "seed": 0,
                 "cfg": 1.0,
-                "sampler_name": "dpmpp_2m",
-                "scheduler": "karras",
-                "steps": 30,
+                "sampler_name": "uni_pc",
+                "scheduler": "auto",
+                "steps": 20,
                 "batch_size": 8,
                 "name": "ld3_demo_teacher",
             },
@@ -551,13 +566,7 @@ def demo() -> Workflow:
                 "sampler_name": "dpmpp_2m",
                 "steps": 6,
                 "loss": "l2",
-                "soft_gamma": 0.001,
-                "decoupled_times": True,
-                "epochs_phase1": 2,
-                "epochs_phase2": 3,
-                "lr_steps": 0.01,
-                "batch_size": 1,
-                "seed": 0,
+                **recipe.TRAIN_RECIPE,
                 "schedule_name": "ld3_demo_dpmpp_2m_6steps",
             },
         ),
@@ -569,6 +578,8 @@ def demo() -> Workflow:
         ),
         Node("save_compare", "SaveImage", {"filename_prefix": "ld3/demo_compare"}),
         Node("report", "PreviewAny", title="Report (RMSE to the teacher)", size=(520, 300)),
+        Node("teacher_report", "PreviewAny", title="Teacher check", size=(420, 160)),
+        _verdict(),
     ]
     links = [
         ("model", "model", "teacher", "model"),
@@ -578,13 +589,21 @@ def demo() -> Workflow:
         ("model", "model", "train", "model"),
         ("teacher", "teacher", "train", "teacher"),
         ("train", "plot", "plot", "images"),
+        ("train", "report", "verdict", "source"),
         ("train", "model", "compare", "model"),
         ("teacher", "teacher", "compare", "teacher"),
         ("train", "sigmas", "compare", "sigmas"),
         ("compare", "image", "save_compare", "images"),
         ("compare", "report", "report", "source"),
+        ("teacher", "report", "teacher_report", "source"),
     ]
-    columns = [["note", "model"], ["teacher"], ["train", "plot"], ["compare"], ["save_compare", "report"]]
+    columns = [
+        ["note", "model"],
+        ["teacher", "teacher_report"],
+        ["train", "plot", "verdict"],
+        ["compare"],
+        ["save_compare", "report"],
+    ]
     return Workflow("ld3_demo", nodes, links, columns)
 
 

@@ -21,7 +21,7 @@ NFES = (4, 6, 8)
 SAMPLER = "dpmpp_2m"
 
 
-def demo_graph(nfes=NFES, samples: int = 16, teacher_steps: int = 30, prefix: str = "ld3_demo") -> dict:
+def demo_graph(nfes=NFES, samples: int = 50, teacher_steps: int = 20, prefix: str = "ld3_demo") -> dict:
     """API-format graph: demo model -> teacher -> one LD3 Train Sigmas + Compare Sigmas per NFE."""
     graph = {
         "model": {
@@ -38,7 +38,7 @@ def demo_graph(nfes=NFES, samples: int = 16, teacher_steps: int = 30, prefix: st
                 "sample_count": samples,
                 "seed": 0,
                 "cfg": 1.0,  # the mixture ignores its conditioning: one model call per step
-                "sampler_name": SAMPLER,
+                "sampler_name": "uni_pc",  # LD3 Generate Teacher's default
                 "scheduler": "auto",
                 "steps": teacher_steps,
                 "batch_size": 8,

@@ -62,7 +62,7 @@ def truth_sigmas(model, steps):
 
 
 def solve(model, cond, noise, steps=TRUTH_STEPS):
-    return sample_with_schedule(model, cond, TRUTH_SAMPLER, truth_sigmas(model, steps), None, noise)
+    return sample_with_schedule(model, cond, TRUTH_SAMPLER, Schedule.plain(truth_sigmas(model, steps)), noise)
 
 
 def per_seed_mse(out, truth):

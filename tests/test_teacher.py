@@ -39,7 +39,11 @@ from ld3_core.teacher_check import (
 )
 from ld3_core.teacher_file import parse_teacher_bytes, teacher_file_bytes
 
-EXPECTED = {"eps": DIFFUSION_REFERENCE_SCHEDULER, "flow": FLOW_REFERENCE_SCHEDULER, "flux": FLOW_REFERENCE_SCHEDULER}
+EXPECTED = {
+    "eps": DIFFUSION_REFERENCE_SCHEDULER,
+    "flow": FLOW_REFERENCE_SCHEDULER,
+    "flux": FLOW_REFERENCE_SCHEDULER,
+}
 SMALL = (4, 8, 8)
 
 

@@ -16,6 +16,7 @@ from workflow_files import (
     WORKFLOWS_DIR,
     load_api,
     load_ui,
+    node_ids,
     one_node,
     output_images,
     set_inputs,
@@ -194,8 +195,16 @@ def test_demo_workflow_runs(tiny_models_server):
     )
     entry = tiny.run(graph, timeout=300)
     assert output_images(entry, one_node(graph, "SaveImage"), tiny.server.output_dir)
-    report = "\n".join(entry["outputs"][one_node(graph, "PreviewAny")]["text"])
+    compare, train, teacher = (
+        one_node(graph, t) for t in ("LD3CompareSigmas", "LD3TrainSigmas", "LD3GenerateTeacher")
+    )
+    previews = {graph[n]["inputs"]["source"][0]: n for n in node_ids(graph, "PreviewAny")}
+    assert set(previews) == {compare, train, teacher}  # every report is on the canvas
+    report = "\n".join(entry["outputs"][previews[compare]]["text"])
     assert "karras" in report, report  # the built-in schedulers are compared with the learned one
+    verdict = "\n".join(entry["outputs"][previews[train]]["text"])
+    assert verdict.startswith("LD3 dpmpp_2m 3 steps: ") and "built-in" in verdict, verdict
+    assert "LD3 teacher: uni_pc" in "\n".join(entry["outputs"][previews[teacher]]["text"])
     assert (tiny.schedule_dir / "test_demo.safetensors").is_file()
 
 
