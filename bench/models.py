@@ -39,20 +39,10 @@ class BenchModel:
     notes: dict = field(default_factory=dict)
 
 
-# Four well-separated clusters of four overlapping components each (``make_clustered_mixture``): the
-# components of a cluster differ in mean by 0.05 RMS (a distance of 1.6 in 1024 dimensions, about three of
-# their stds, so they overlap) and in spread (stds 0.3-0.6); the clusters are ~1.4 RMS apart (45 stds).
-# With the components of a cluster as far apart as the clusters themselves, nearly every sample would sit
-# on a boundary between modes that no schedule resolves alike for two noises: the optimum on 512 noises
-# did not carry over to another 512 (0.42 -> 0.63 of the best built-in), the benchmark would measure mode
-# flips, not schedules.
-MIXTURE_DESIGN = {"clusters": 4, "per_cluster": 4, "spread": 0.05, "stds": (0.3, 0.6)}
-
-
 def _mixture(name: str, shape: tuple[int, ...], kind: str, seed: int) -> BenchModel:
     from ld3_core import mixture
 
-    mix = mixture.make_clustered_mixture(shape, seed=seed, dtype=torch.float32, **MIXTURE_DESIGN)
+    mix = mixture.make_clustered_mixture(shape, seed=seed, dtype=torch.float32)
     patcher = mixture.mixture_model_patcher(mix, kind)
     positive, negative = mixture.mixture_conditioning()
     return BenchModel(
@@ -64,7 +54,7 @@ def _mixture(name: str, shape: tuple[int, ...], kind: str, seed: int) -> BenchMo
         exact=True,
         reference_scheduler="karras" if kind == "eps" else "simple",
         reference_steps=EXACT_STEPS,
-        notes={**MIXTURE_DESIGN, "separation": mixture.mixture_separation(mix)},
+        notes={"separation": mixture.mixture_separation(mix)},
     )
 
 

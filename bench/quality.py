@@ -65,14 +65,11 @@ def grid(model: str) -> list[Cell]:
         return [Cell(s, nfe, BOTH) for nfe in ORACLE_NFE for s in ALL_SAMPLERS]
     if model == "digits-edm":  # a trained network: the oracle runs here too
         return [Cell(s, nfe, BOTH) for nfe in DIGITS_NFE for s in DIGITS_SAMPLERS]
-    if model.startswith("tiny-"):  # the paper's four solvers at NFE 4 and 6; a dpmpp_2m NFE sweep on SD1.5
+    if model.startswith("tiny-"):  # the paper's four solvers at NFE 4 and 6
         lpips = ("ld3 lpips",) if model == "tiny-sd15-eps" else ()
-        cells = [
+        return [
             Cell(s, nfe, BOTH + (lpips if s == "dpmpp_2m" else ())) for nfe in (4, 6) for s in PAPER_SAMPLERS
         ]
-        if model == "tiny-sd15-eps":
-            cells += [Cell("dpmpp_2m", nfe, BOTH) for nfe in (5, 8, 10)]
-        return cells
     raise KeyError(model)
 
 

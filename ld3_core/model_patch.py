@@ -73,7 +73,7 @@ def _uses_argmin_timestep(model_sampling) -> bool:
 
 
 def ld3_model_sampling(base, knots=None, schedule: dict | None = None):
-    """A copy of ``base`` (sharing its tensors) whose timestep is continuous and decoupled."""
+    """A copy of ``base`` (sharing its tensors) with continuous time and the schedule's per-step sigmas."""
     if isinstance(base, _LD3Sampling):
         base = base.ld3_base
     cls = _patched_class(type(base))

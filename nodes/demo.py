@@ -3,7 +3,7 @@
 import torch
 from comfy_api.latest import io
 
-from ..ld3_core.mixture import make_mixture, mixture_conditioning, mixture_model_patcher
+from ..ld3_core.mixture import make_clustered_mixture, mixture_conditioning, mixture_model_patcher
 
 DEMO_CHANNELS = 4
 
@@ -19,17 +19,17 @@ class LD3DemoModel(io.ComfyNode):
             category="LD3",
             description=(
                 "A zero-download demo model: the data distribution is a Gaussian mixture in a 4-channel "
-                "latent space, so the denoiser is exact and fast, and every sampler's error is real ODE "
-                "error. Outputs a MODEL (SD1.x-style eps or rectified-flow), conditioning it ignores, and an "
+                "latent space (four separated clusters of four overlapping components), so the denoiser is "
+                "exact and fast, and every sampler's error is real ODE error. Outputs a MODEL (SD1.x-style eps or rectified-flow), conditioning it ignores, and an "
                 "empty LATENT of its shape, ready for LD3 Generate Teacher, KSampler or SamplerCustom."
             ),
             inputs=[
                 io.Combo.Input(
                     "kind",
-                    options=["eps", "flow"],
+                    options=["eps", "flow", "flux"],
                     default="eps",
                     tooltip="eps: SD1.x's discrete noise schedule with eps prediction. flow: rectified flow "
-                    "(as SD3/Flux).",
+                    "(SD3's sampling). flux: rectified flow with Flux's sampling (shift 1.15).",
                 ),
                 io.Int.Input(
                     "width", default=16, min=1, max=256, tooltip="Latent width of the mixture's samples."
@@ -62,7 +62,7 @@ class LD3DemoModel(io.ComfyNode):
     @classmethod
     def execute(cls, kind: str, width: int, height: int, seed: int) -> io.NodeOutput:
         shape = (DEMO_CHANNELS, height, width)
-        mixture = make_mixture(shape, seed=seed)
+        mixture = make_clustered_mixture(shape, seed=seed)
         positive, negative = mixture_conditioning()
         latent = {"samples": torch.zeros((1, *shape))}
         return io.NodeOutput(mixture_model_patcher(mixture, kind), positive, negative, latent)

@@ -1,4 +1,4 @@
-"""LD3 Train Sigmas: learn the step sigmas (and decoupled model times) of a few-step sampler (paper Alg. 1)."""
+"""LD3 Train Sigmas: learn a few-step schedule (three sigmas per step) for one model, sampler and step count."""
 
 import logging
 
@@ -149,7 +149,7 @@ class LD3TrainSigmas(io.ComfyNode):
                 ),
                 io.Model.Output(
                     display_name="model",
-                    tooltip="The MODEL with the learned schedule and decoupled times applied; use the 'ld3' "
+                    tooltip="The MODEL carrying the whole learned schedule (per-step network times and scaling); use the 'ld3' "
                     "scheduler in KSampler, or SamplerCustom with these sigmas.",
                 ),
                 io.Image.Output(

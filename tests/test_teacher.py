@@ -12,9 +12,10 @@ import pytest
 import tiny_models
 import torch
 
-from ld3_core.api import builtin_schedules
+from ld3_core.api import builtin_schedules, learn_schedule
 from ld3_core.comfy_adapter import Conditioning, sample_stock
 from ld3_core.errors import LD3InputError
+from ld3_core.losses import make_loss
 from ld3_core.mixture import make_clustered_mixture, make_mixture, mixture_conditioning, mixture_model_patcher
 from ld3_core.model_patch import patch_model
 from ld3_core.scheduler import register_ld3_scheduler
@@ -38,6 +39,7 @@ from ld3_core.teacher_check import (
     teacher_report,
 )
 from ld3_core.teacher_file import parse_teacher_bytes, teacher_file_bytes
+from ld3_core.trainer import TrainConfig
 
 EXPECTED = {
     "eps": DIFFUSION_REFERENCE_SCHEDULER,
@@ -325,3 +327,24 @@ def test_teacher_error_warning_for_training():
     assert "'auto'" not in warning  # it already used auto
     assert "'auto'" in teacher_error_warning({**info, "scheduler_requested": "karras"}, 0.1, 6)
     assert teacher_error_warning({k: v for k, v in info.items() if k != "self_error"}, 0.001, 4) is None
+
+
+def test_training_repeats_the_teacher_warning_with_the_students_own_numbers():
+    """A 3-step teacher is far off: learn_schedule says so in the result's report (LD3 Train Sigmas')."""
+    model, cond = mixture_model("eps")
+    teacher = generate_checked_teacher(
+        model, [cond], SMALL, count=8, seed=0, sampler="dpmpp_2m", scheduler="simple", steps=3
+    )
+    result = learn_schedule(
+        model, teacher, [cond], "euler", TrainConfig.preset("ld3", 2, epochs_phase2=1), make_loss("l2")
+    )
+    warning = teacher_error_warning(teacher.info, result.initial_validation_loss, 2)
+    assert warning and result.notes == [warning]
+    assert "best built-in schedule's error at 2 steps" in warning
+    assert warning in result.report("euler", 2)
+    # A good teacher adds nothing.
+    good = generate_checked_teacher(model, [cond], SMALL, count=8, seed=0, steps=20)
+    quiet = learn_schedule(
+        model, good, [cond], "euler", TrainConfig.preset("ld3", 2, epochs_phase2=1), make_loss("l2")
+    )
+    assert quiet.notes == []
