@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -13,6 +15,7 @@ from .errors import LD3InputError
 from .identity import model_identity, same_model
 from .losses import L2Loss
 from .schedule import Schedule
+from .schedule_file import load_schedule
 from .solvers import check_sampler
 from .teacher import TeacherData, schedule_sigmas
 from .teacher_check import teacher_error_warning
@@ -122,8 +125,13 @@ def learn_schedule(
     loss: Loss,
     on_progress: Callable[[Progress], None] | None = None,
     on_best: Callable[[TrainResult], None] | None = None,
+    incumbent: Schedule | None = None,
 ) -> TrainResult:
-    """LD3 for one model + sampler + step count, started from the best of ``candidate_schedules``."""
+    """LD3 for one model + sampler + step count, started from the best of ``candidate_schedules``.
+
+    ``incumbent``: the schedule already saved under the run's name (``schedule_to_beat``); see
+    ``train_schedule``.
+    """
     check_sampler(sampler)
     check_steps(config.steps)
     check_teacher(teacher, model_patcher)
@@ -153,11 +161,64 @@ def learn_schedule(
             sigma_range=sigma_range,
             on_progress=on_progress,
             on_best=on_best,
+            incumbent=incumbent,
         )
     if warning := _teacher_warning(teacher, result, loss, run_student, config):
         logging.warning("LD3: %s", warning)
         result.notes.append(warning)
+    if note := exact_ratio_note(teacher.info, result, loss):
+        result.notes.append(note)
     return result
+
+
+def exact_ratio_note(teacher_info: dict, result: TrainResult, loss: Loss) -> str | None:
+    """What the verdict's ratio (against the teacher) means against the model's exact solution.
+
+    The teacher is off the exact endpoint by its own error e (its self-check). By the triangle inequality
+    the mean RMSE of a schedule to the exact endpoint lies within e of its mean RMSE to the teacher, so a
+    learned L and a built-in B (both to the teacher) bound the exact ratio to [(L - e) / (B + e),
+    (L + e) / (B - e)]. Only for the l2 loss (RMSE in the teacher's units) and a learned schedule in use.
+    """
+    check = teacher_info.get("self_error")
+    verdict = result.verdict
+    if not check or not isinstance(loss, L2Loss) or verdict is None or not verdict.use_learned:
+        return None
+    e, b, learned = float(check["rmse"]), result.initial_validation_loss, result.best_validation_loss
+    if not b > 0:
+        return None
+    low = max(learned - e, 0.0) / (b + e)
+    high = (learned + e) / (b - e) if b > e else math.inf
+    high_text = f"{high:.2f}x" if math.isfinite(high) else "no bound (the teacher is no better than it)"
+    return (
+        f"Against the model's exact solution (the teacher is itself off by RMSE {e:.3g}, {e / b:.0%} of the "
+        f"best built-in's error to it), the learned schedule's error is {low:.2f}x to {high_text} the "
+        "best built-in's on these samples."
+    )
+
+
+def schedule_to_beat(path, model_patcher, sampler: str, steps: int) -> Schedule | None:
+    """The schedule saved at ``path`` that a new run for this model, sampler and step count must beat.
+
+    None if there is no file, or it cannot be read (nothing in it can be lost). A readable schedule for
+    another sampler, step count or model is refused before any work: a run would replace it.
+    """
+    if not os.path.isfile(path):
+        return None
+    try:
+        record = load_schedule(path)
+    except LD3InputError as exc:
+        logging.warning("LD3: %s cannot be read (%s); this run replaces it.", path, exc)
+        return None
+    name = os.path.basename(path)
+    other_model = bool(record.model) and same_model(record.model, model_identity(model_patcher)) is False
+    if record.sampler != sampler or record.steps != steps or other_model:
+        holds = f"{record.sampler} {record.steps} steps" + (" on another model" if other_model else "")
+        raise LD3InputError(
+            "schedule_name",
+            f"'{name}' already holds a schedule for {holds}; this run ({sampler} {steps} steps) would replace it",
+            "Choose another schedule_name, or delete or rename that file in models/ld3",
+        )
+    return record.schedule
 
 
 def _teacher_warning(

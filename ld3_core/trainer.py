@@ -79,6 +79,10 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
+        for name in ("soft_gamma", "lr_steps", "lr_offsets", "lr_noise", "offset_decay", "first_offset"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise LD3InputError(name, f"{name} is {value}, not a finite number", f"Set {name} to a number")
         if self.freedom not in FREEDOMS:
             raise ValueError(f"freedom must be one of {FREEDOMS}, got {self.freedom!r}")
         if self.optimizer not in ("adam", "rmsprop"):
@@ -156,13 +160,29 @@ class TrainResult:
     stopped_early: bool = False
     verdict: Verdict | None = None  # learned vs the best built-in, once training has ended
     notes: list[str] = field(default_factory=list)  # warnings for the user (e.g. about the teacher)
+    # The schedule already saved under the run's name (same sampler and steps), scored on the same
+    # validation samples: only a better one replaces it.
+    incumbent: Schedule | None = None
+    incumbent_validation_loss: float = math.inf
+
+    def _choice(self) -> tuple[Schedule, float]:
+        """This run's pick and its validation loss: the best so far, or the built-in if the verdict says so."""
+        if self.verdict is not None and not self.verdict.use_learned:
+            return self.initial_schedule, self.initial_validation_loss
+        return self.schedule, self.best_validation_loss
+
+    @property
+    def beats_incumbent(self) -> bool:
+        """Whether this run's pick is better than the schedule already saved (True when none was)."""
+        return self._choice()[1] < self.incumbent_validation_loss
 
     @property
     def output_schedule(self) -> Schedule:
-        """What users get: the learned schedule if the verdict says it is better, else the built-in."""
-        if self.verdict is not None and not self.verdict.use_learned:
-            return self.initial_schedule
-        return self.schedule
+        """What users get: the learned schedule if the verdict says it is better, else the built-in; the
+        schedule already saved under the name instead if it is better than either."""
+        if self.incumbent is not None and not self.beats_incumbent:
+            return self.incumbent
+        return self._choice()[0]
 
     def report(self, sampler: str, steps: int, saved_as: str | None = None) -> str:
         """What the user reads: the verdict, what the SIGMAS output alone gives, notes, where it was saved."""
@@ -177,8 +197,14 @@ class TrainResult:
                     "with both) to get the whole gain."
                 )
         lines += self.notes
-        if saved_as:
+        if saved_as and self.beats_incumbent:
             lines.append(f"Saved to {saved_as}.")
+        elif saved_as:
+            lines.append(
+                f"Kept the schedule already in {saved_as}: on these validation samples its loss is "
+                f"{self.incumbent_validation_loss:.4g}, this run's best {self._choice()[1]:.4g}. The outputs carry "
+                "the saved schedule."
+            )
         return "\n".join(lines)
 
 
@@ -262,8 +288,14 @@ def train_schedule(
     sigma_range: tuple[float, float] | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     on_best: Callable[[TrainResult], None] | None = None,
+    incumbent: Schedule | None = None,
 ) -> TrainResult:
-    """Learn a schedule so the student lands where the teacher does; ``sigma_range`` bounds m and u."""
+    """Learn a schedule so the student lands where the teacher does; ``sigma_range`` bounds m and u.
+
+    ``incumbent`` (the schedule already saved under this run's name) is scored on the validation samples
+    first; ``result.beats_incumbent`` says whether this run's pick is better, and only then should
+    ``on_best`` write it over the saved one.
+    """
     n = config.steps
     if not candidates:
         raise LD3InputError(
@@ -319,6 +351,12 @@ def train_schedule(
         validation_losses=candidate_values[init_name],
         initial_validation_losses=candidate_values[init_name],
     )
+    if incumbent is not None:
+        if len(incumbent.step_sigmas) != n + 1:
+            raise ValueError(f"the incumbent schedule has {len(incumbent.step_sigmas) - 1} steps, not {n}")
+        incumbent_loss = float(validate(incumbent).mean())
+        result.incumbent = incumbent
+        result.incumbent_validation_loss = incumbent_loss if math.isfinite(incumbent_loss) else math.inf
     if on_best is not None:
         on_best(result)
 

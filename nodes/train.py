@@ -4,7 +4,7 @@ import logging
 
 from comfy_api.latest import io, ui
 
-from ..ld3_core.api import candidate_schedules, check_teacher, learn_schedule
+from ..ld3_core.api import candidate_schedules, check_teacher, learn_schedule, schedule_to_beat
 from ..ld3_core.errors import LD3InputError
 from ..ld3_core.identity import model_identity
 from ..ld3_core.losses import LOSSES, make_loss
@@ -41,7 +41,8 @@ class LD3TrainSigmas(io.ComfyNode):
                 "with a verdict against the best built-in on the teacher's validation samples; if the learned "
                 "schedule is not significantly better, the outputs carry that built-in. The best schedule so "
                 "far is saved to models/ld3/<schedule_name>.safetensors whenever it improves, so Cancel keeps "
-                "it. Outputs the SIGMAS (step sigmas only), a MODEL carrying the whole schedule (use it with the "
+                "it; a schedule already saved under that name (same sampler and steps) is scored first and "
+                "replaced only by a better one. Outputs the SIGMAS (step sigmas only), a MODEL carrying the whole schedule (use it with the "
                 "'ld3' scheduler or SamplerCustom), a plot, and the verdict as text."
             ),
             inputs=[
@@ -126,7 +127,9 @@ class LD3TrainSigmas(io.ComfyNode):
                 io.String.Input(
                     "schedule_name",
                     default="ld3_schedule",
-                    tooltip="File name in models/ld3/ (overwritten); load it later with LD3 Load Sigmas.",
+                    tooltip="File name in models/ld3/; load it later with LD3 Load Sigmas. A schedule already "
+                    "there for the same sampler and steps is replaced only by a better one; one for another "
+                    "sampler, step count or model is refused (choose another name).",
                 ),
                 io.Vae.Input(
                     "vae",
@@ -201,6 +204,7 @@ class LD3TrainSigmas(io.ComfyNode):
             lr_steps=lr_steps,
             batch_size=batch_size,
         )
+        incumbent = schedule_to_beat(path, model, sampler_name, steps)
         loss_fn = make_loss(loss, vae, lpips_weights_path())
         saver = _ScheduleSaver(path, model, teacher, sampler_name, loss, config.recipe)
         progress = NodeProgress(1)
@@ -217,9 +221,9 @@ class LD3TrainSigmas(io.ComfyNode):
             loss_fn,
             on_progress=on_progress,
             on_best=saver,
+            incumbent=incumbent,
         )
         saver(result)  # once more, now marked "completed", with what the verdict chose
-        logging.info("LD3: schedule saved to %s", path)
         report = result.report(sampler_name, steps, f"models/ld3/{path.name}")
         logging.info("%s", report)
         output = result.output_schedule
@@ -243,6 +247,8 @@ class _ScheduleSaver:
         self.versions = versions()
 
     def __call__(self, result: TrainResult) -> None:
+        if not result.beats_incumbent:  # the schedule saved under this name is better: keep it
+            return
         schedule = result.output_schedule if result.completed else result.schedule
         train = {
             "validation_curve": list(result.validation_curve),

@@ -347,7 +347,9 @@ def test_load_sigmas_checks_sampler_model_and_steps(comfy_server, schedule_names
 
     record = load_schedule(SCHEDULE_DIR / file)
     outputs = comfy_server.run_prompt(load_graph(sampler_name=SAMPLER, steps=0))["outputs"]
-    assert tensor_values(outputs["show"]["text"][0]) == pytest.approx(record.step_sigmas.tolist(), rel=1e-3)
+    # PreviewAny prints 4 decimals: half a unit of the last one, or 1e-3 relative for the large values.
+    shown = tensor_values(outputs["show"]["text"][0])
+    assert shown == pytest.approx(record.step_sigmas.tolist(), rel=1e-3, abs=5e-5)
 
     # Another step count: resampled log-linearly, with a warning.
     outputs = comfy_server.run_prompt(load_graph(steps=5))["outputs"]
@@ -459,6 +461,67 @@ def test_interrupt_keeps_a_valid_best_so_far_schedule(comfy_server, schedule_nam
     load["show"] = {"class_type": "PreviewAny", "inputs": {"source": ["load", 0]}}
     shown = tensor_values(comfy_server.run_prompt(load)["outputs"]["show"]["text"][0])
     assert shown == pytest.approx(record.step_sigmas.tolist(), rel=1e-3, abs=1e-4)
+
+
+@pytest.mark.server
+def test_a_saved_schedule_is_replaced_only_by_a_better_one(comfy_server, schedule_names):
+    """Train to completion; then, under the same name: a re-run cancelled at once, a re-run that fails with
+    NaN, two runs queued back to back and a run for another step count. The completed schedule is never
+    replaced by a worse or untrained one, and every file on disk is complete."""
+    from ld3_core.schedule_file import load_schedule
+
+    name = schedule_names("keep")
+    path = SCHEDULE_DIR / f"{name}.safetensors"
+    graph = demo_nodes()
+    graph["teacher"] = teacher_node(samples=16)
+    graph["train"] = train_node(name, epochs=(1, 4))
+    graph["report"] = {"class_type": "PreviewAny", "inputs": {"source": ["train", 3]}}
+    first = comfy_server.run_prompt(graph)["outputs"]["report"]["text"][0]
+    assert f"Saved to models/ld3/{name}.safetensors." in first, first
+    assert load_schedule(path).train["status"] == "completed"
+    saved_bytes = path.read_bytes()
+
+    # A longer re-run, cancelled as soon as it runs: its starting schedule must not replace the file.
+    graph["train"] = train_node(name, epochs=(100, 100))
+    prompt_id = comfy_server.post_json("/prompt", {"prompt": graph})["prompt_id"]
+    deadline = time.monotonic() + 60
+    while not comfy_server.get_json("/queue")["queue_running"]:
+        assert time.monotonic() < deadline, "the re-run never started"
+        time.sleep(0.02)
+    time.sleep(0.3)
+    interrupt(comfy_server)
+    assert messages(wait_history(comfy_server, prompt_id), "execution_interrupted")
+    assert path.read_bytes() == saved_bytes
+
+    # A re-run that fails at once (the largest learning rate diverges): the file stays as it was.
+    graph["train"] = train_node(name, epochs=(1, 1))
+    graph["train"]["inputs"]["lr_steps"] = 1.0
+    _, entry = queue(comfy_server, graph)
+    if entry["status"]["status_str"] == "error":
+        assert path.read_bytes() == saved_bytes
+    else:  # it did not diverge on this model: then it may only have replaced the file by a better one
+        assert load_schedule(path).train["status"] == "completed"
+
+    # Two runs queued back to back on one name: both complete, the file holds the better of all runs.
+    reports = []
+    for seed in (1, 2):
+        graph["train"] = train_node(name, epochs=(1, 4))
+        graph["train"]["inputs"]["seed"] = seed
+        reports.append(comfy_server.post_json("/prompt", {"prompt": graph})["prompt_id"])
+    for prompt_id in reports:
+        entry = wait_history(comfy_server, prompt_id)
+        assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)
+        text = entry["outputs"]["report"]["text"][0]
+        assert f"Saved to models/ld3/{name}.safetensors." in text or "Kept the schedule already in" in text
+    assert load_schedule(path).train["status"] == "completed"
+
+    # Another step count under the same name: refused before training, the file untouched.
+    kept = path.read_bytes()
+    graph["train"] = train_node(name, steps=STEPS + 1)
+    error = error_of(queue(comfy_server, graph)[1])
+    assert "schedule_name" in error["exception_message"] and "already holds" in error["exception_message"]
+    assert "Choose another schedule_name" in error["exception_message"]
+    assert path.read_bytes() == kept
 
 
 # -- the node-independent glue ----------------------------------------------------------------------

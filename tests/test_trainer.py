@@ -278,3 +278,49 @@ def test_custom_recipe_takes_the_tuning_widgets_and_named_recipes_ignore_them():
     assert paper == TrainConfig.preset("paper", 4, seed=1)
     assert TrainConfig.for_recipe("ld3", 4, False, 0).freedom == "steps"
     assert TrainConfig.for_recipe("paper", 4, False, 0).freedom == "steps"
+
+
+def test_a_saved_schedule_is_kept_unless_the_run_beats_it():
+    """The schedule already saved under a name is scored first: a better one is kept, a worse one replaced."""
+    config = TrainConfig.preset("ld3", 3, epochs_phase2=3)
+    trained = run(config)
+    assert trained.beats_incumbent and trained.incumbent is None  # nothing saved before: write it
+
+    writes = []
+    again = run(config, incumbent=trained.output_schedule, on_best=lambda r: writes.append(r.beats_incumbent))
+    assert again.incumbent_validation_loss == pytest.approx(trained.best_validation_loss, rel=1e-5)
+    assert writes[0] is False  # the untrained start never replaces the saved schedule
+    # The same run again reaches the same loss, not a lower one: the saved schedule stays.
+    assert not again.beats_incumbent and not any(writes)
+    assert again.output_schedule is again.incumbent
+    report = again.report("euler", 3, "models/ld3/x.safetensors")
+    assert "Kept the schedule already in models/ld3/x.safetensors" in report
+
+    worse = Schedule.plain(torch.tensor([SIGMA_MAX, 14.0, 13.0, 0.0]))
+    replaced = run(config, incumbent=worse)
+    assert replaced.beats_incumbent and replaced.output_schedule is not worse
+    assert "Saved to models/ld3/x.safetensors." in replaced.report("euler", 3, "models/ld3/x.safetensors")
+
+
+@pytest.mark.parametrize("field", ["soft_gamma", "lr_steps"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_settings_are_refused_by_name(field, value):
+    with pytest.raises(LD3InputError) as caught:
+        TrainConfig.preset("ld3", 4, **{field: value})
+    assert caught.value.input_name == field
+
+
+def test_the_exact_ratio_note_brackets_the_verdict_by_the_teachers_error():
+    from ld3_core.api import exact_ratio_note
+    from ld3_core.losses import L2Loss
+
+    result = run(TrainConfig.preset("ld3", 3, epochs_phase2=3))
+    assert result.verdict.use_learned
+    exact = exact_ratio_note({"self_error": {"rmse": 0.0}}, result, L2Loss())
+    ratio = f"{result.verdict.ratio:.2f}x"
+    assert f"error is {ratio} to {ratio} the best built-in's" in exact  # an exact teacher: the verdict itself
+    b, learned, e = result.initial_validation_loss, result.best_validation_loss, 0.1 * result.initial_validation_loss
+    note = exact_ratio_note({"self_error": {"rmse": e}}, result, L2Loss())
+    assert f"{max(learned - e, 0) / (b + e):.2f}x to {(learned + e) / (b - e):.2f}x" in note
+    assert "10% of the best built-in's error" in note
+    assert exact_ratio_note({}, result, L2Loss()) is None  # a teacher without a self-check
