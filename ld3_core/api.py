@@ -94,8 +94,9 @@ def candidate_schedules(model_patcher, steps: int, sampler: str) -> dict[str, to
     return {**builtin_schedules(model_patcher, steps, sampler), **extra_schedules(model_patcher, steps)}
 
 
-def check_teacher(teacher: TeacherData, model_patcher) -> None:
-    """Refuse teacher data made with another model (or the same one with other patches or shift)."""
+def check_teacher(teacher: TeacherData, model_patcher, node: str = "LD3 Train Sigmas") -> None:
+    """Refuse teacher data made with another model (or the same one with other patches or shift);
+    ``node`` is the node the message tells the user to connect it to."""
     made_with = teacher.info.get("model", {})
     if not made_with:
         return
@@ -106,7 +107,7 @@ def check_teacher(teacher: TeacherData, model_patcher) -> None:
             "teacher",
             f"the teacher data was made with model {made_with.get('model_class')} "
             f"[{made_with.get('fingerprint')}], but the MODEL input is {given['model_class']} [{given['fingerprint']}]",
-            "Connect the same MODEL (with the same patches) to LD3 Generate Teacher and LD3 Train Sigmas",
+            f"Connect the same MODEL (with the same patches) to LD3 Generate Teacher and {node}",
         )
     if same is None:
         logging.warning(

@@ -179,6 +179,8 @@ def parse_schedule_bytes(data: bytes, name: str = "schedule") -> ScheduleRecord:
     """Parse the bytes of a schedule file (see load_schedule)."""
     try:
         header = _read_header(data)
+        if {"noise", "targets"} <= set(header):
+            raise _Invalid("it is a teacher file (from LD3 Generate Teacher): load it with LD3 Load Teacher")
         raw_meta = _metadata_json(header)
         tensors = _decode_tensors(data, header)
         expected = _V1_TENSORS if _version(raw_meta) == 1 else TENSORS
@@ -206,8 +208,10 @@ def parse_schedule_bytes(data: bytes, name: str = "schedule") -> ScheduleRecord:
     )
 
 
-def validate_schedule_name(name: str, input_name: str = "schedule_name") -> str:
-    """Check a user-chosen file name for a schedule and return it ending in .safetensors."""
+def validate_schedule_name(
+    name: str, input_name: str = "schedule_name", folder: str = "the LD3 models folder (models/ld3)"
+) -> str:
+    """Check a user-chosen file name (saved in ``folder``) and return it ending in .safetensors."""
     fix = "Use a plain file name such as 'sd15_euler_6steps' (letters, digits, '-', '_', '.')"
     if not isinstance(name, str) or not name.strip():
         raise LD3InputError(input_name, "the name is empty", fix)
@@ -215,7 +219,7 @@ def validate_schedule_name(name: str, input_name: str = "schedule_name") -> str:
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
         problem = "the name contains control characters"
     elif "/" in name or "\\" in name:
-        problem = f"'{name}' contains a path separator; schedules are saved in the LD3 models folder"
+        problem = f"'{name}' contains a path separator; the file is saved in {folder}"
     elif ":" in name:
         problem = f"'{name}' contains ':' (a drive letter or stream name on Windows)"
     elif ".." in name or name.startswith("."):
@@ -351,8 +355,10 @@ def _check_metadata(meta: object, steps: int) -> dict:
     for key in ("sampler", "loss"):
         if not isinstance(meta[key], str) or not meta[key]:
             raise _Invalid(f"'{key}' must be a non-empty string, got {meta[key]!r}")
-    if not _is_int(meta["steps"]) or meta["steps"] != steps:
-        raise _Invalid(f"metadata says steps={meta['steps']!r} but step_sigmas has {steps} steps")
+    if not _is_int(meta["steps"]):
+        raise _Invalid(f"metadata 'steps' must be an integer (here {steps}), got {meta['steps']!r}")
+    if meta["steps"] != steps:
+        raise _Invalid(f"metadata says {meta['steps']} steps but step_sigmas has {steps}")
     if not _is_finite_number(meta["cfg"]):
         raise _Invalid(f"'cfg' must be a finite number, got {meta['cfg']!r}")
     shape = meta["latent_shape"]

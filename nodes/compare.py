@@ -72,7 +72,7 @@ class LD3CompareSigmas(io.ComfyNode):
         sigmas_3=None,
         sigmas_4=None,
     ) -> io.NodeOutput:
-        check_teacher(teacher.data, model)
+        check_teacher(teacher.data, model, "LD3 Compare Sigmas")
         carried = learned_schedule(model)
         schedules = {}
         for name, value in zip(SIGMAS_INPUTS, (sigmas, sigmas_2, sigmas_3, sigmas_4)):

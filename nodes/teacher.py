@@ -168,7 +168,7 @@ class LD3GenerateTeacher(io.ComfyNode):
         positive_3=None,
         positive_4=None,
     ) -> io.NodeOutput:
-        validate_schedule_name(name, "name")
+        validate_schedule_name(name, "name", "the LD3 teacher folder (output/ld3)")
         prompts = _prompts(positive, positive_2, positive_3, positive_4)
         conditionings = tuple(Conditioning(p, negative, cfg) for p in prompts)
         # As KSampler does: an empty 4-channel latent becomes the model's own channel count / rank.

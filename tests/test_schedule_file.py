@@ -221,9 +221,9 @@ _DROP = object()
         (_meta_with(format="comfy-sigmas"), "format is"),
         (_meta_with(format_version=3), "format_version is 3"),
         (_meta_with(format_version="1"), "format_version is '1'"),
-        (_meta_with(steps=5), "steps=5"),
-        (_meta_with(steps="4"), "steps='4'"),
-        (_meta_with(steps=True), "steps=True"),
+        (_meta_with(steps=5), "metadata says 5 steps but step_sigmas has 4"),
+        (_meta_with(steps="4"), "metadata 'steps' must be an integer (here 4), got '4'"),
+        (_meta_with(steps=True), "must be an integer (here 4), got True"),
         (_meta_with(cfg="7.5"), "'cfg'"),
         (_meta_with(sampler=3), "'sampler'"),
         (_meta_with(loss=None), "'loss'"),
@@ -492,3 +492,20 @@ def test_versions_default_to_the_running_stack():
     assert record.versions["torch"] == torch.__version__
     with pytest.raises(TypeError):
         ScheduleRecord(**fields, latent_shape=(1, 4, 8, 8), model={}, loss="l2")  # train is required
+
+
+def test_a_teacher_file_loaded_as_a_schedule_says_which_node_loads_it(tmp_path):
+    from ld3_core.teacher import TeacherData
+    from ld3_core.teacher_file import teacher_file_bytes
+
+    teacher = TeacherData(
+        torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, dtype=torch.long), torch.tensor([False, True]), info={}
+    )
+    refuses(teacher_file_bytes(teacher, {}), tmp_path, "a teacher file (from LD3 Generate Teacher): load it with LD3 Load Teacher")
+
+
+def test_a_bad_name_says_where_the_file_goes():
+    with pytest.raises(LD3InputError, match=r"saved in the LD3 teacher folder \(output/ld3\)"):
+        validate_schedule_name("a/b", "name", "the LD3 teacher folder (output/ld3)")
+    with pytest.raises(LD3InputError, match=r"saved in the LD3 models folder \(models/ld3\)"):
+        validate_schedule_name("a/b")
