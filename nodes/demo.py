@@ -5,7 +5,8 @@ from comfy_api.latest import io
 
 from ..ld3_core.mixture import make_clustered_mixture, mixture_conditioning, mixture_model_patcher
 
-DEMO_CHANNELS = 4
+# Latent channels per kind: SD1.x has 4, Flux 16 (so a flux demo has the latent shape Flux has).
+DEMO_CHANNELS = {"eps": 4, "flow": 4, "flux": 16}
 
 
 class LD3DemoModel(io.ComfyNode):
@@ -18,8 +19,8 @@ class LD3DemoModel(io.ComfyNode):
             display_name="LD3 Demo Model (exact Gaussian mixture)",
             category="LD3",
             description=(
-                "A zero-download demo model: the data distribution is a Gaussian mixture in a 4-channel "
-                "latent space (four separated clusters of four overlapping components), so the denoiser is "
+                "A zero-download demo model: the data distribution is a Gaussian mixture in a latent "
+                "space of 4 channels, 16 for flux (four separated clusters of four overlapping components), so the denoiser is "
                 "exact and fast, and every sampler's error is real ODE error. Outputs a MODEL (SD1.x-style eps or rectified-flow), conditioning it ignores, and an "
                 "empty LATENT of its shape, ready for LD3 Generate Teacher, KSampler or SamplerCustom."
             ),
@@ -29,7 +30,7 @@ class LD3DemoModel(io.ComfyNode):
                     options=["eps", "flow", "flux"],
                     default="eps",
                     tooltip="eps: SD1.x's discrete noise schedule with eps prediction. flow: rectified flow "
-                    "(SD3's sampling). flux: rectified flow with Flux's sampling (shift 1.15).",
+                    "(SD3's sampling). flux: rectified flow with Flux's sampling (shift 1.15) and 16 latent channels.",
                 ),
                 io.Int.Input(
                     "width", default=16, min=1, max=256, tooltip="Latent width of the mixture's samples."
@@ -61,7 +62,7 @@ class LD3DemoModel(io.ComfyNode):
 
     @classmethod
     def execute(cls, kind: str, width: int, height: int, seed: int) -> io.NodeOutput:
-        shape = (DEMO_CHANNELS, height, width)
+        shape = (DEMO_CHANNELS[kind], height, width)
         mixture = make_clustered_mixture(shape, seed=seed)
         positive, negative = mixture_conditioning()
         latent = {"samples": torch.zeros((1, *shape))}
