@@ -6,6 +6,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -14,8 +15,9 @@ from .comfy_adapter import Conditioning, DifferentiableSampler, out_of_memory_gu
 from .errors import LD3InputError
 from .identity import model_identity, same_model
 from .losses import L2Loss
+from .resample import resample_log_linear
 from .schedule import Schedule
-from .schedule_file import load_schedule
+from .schedule_file import ScheduleRecord, load_schedule
 from .solvers import check_sampler
 from .teacher import TeacherData, schedule_sigmas
 from .teacher_check import teacher_error_warning
@@ -220,6 +222,91 @@ def schedule_to_beat(path, model_patcher, sampler: str, steps: int) -> Schedule 
             "Choose another schedule_name, or delete or rename that file in models/ld3",
         )
     return record.schedule
+
+
+@dataclass(frozen=True)
+class LoadedSchedule:
+    """A saved schedule ready for a model: the SIGMAS to sample with, the patched MODEL, and what the user
+    should read (what the file is, and any warning)."""
+
+    sigmas: torch.Tensor
+    model: object
+    report: str
+
+
+# How far a file's first step sigma may sit from the model's highest sigma (the same model family gives
+# the same value to float precision; another family differs by far more: SD1.x 14.6, flow 1.0).
+SIGMA_MAX_TOLERANCE = 0.05
+# The trainer keeps what the network is told inside the model's range (the paper's window could reach
+# half a log-gap below the last step sigma); a factor past that means the file is not for this model.
+SIGMA_RANGE_SLACK = 10.0
+
+
+def load_for_model(
+    record: ScheduleRecord, name: str, model_patcher, sampler: str | None = None, steps: int = 0
+) -> LoadedSchedule:
+    """A saved schedule checked against the MODEL it is to be used with, for LD3 Load Sigmas.
+
+    Refused: another sampler than ``sampler`` (None: any), or values this model cannot have been trained
+    with (its first step sigma is not the model's highest sigma, or what the network is told lies outside
+    the model's sigma range). Warned in the report: another model of the same kind, a resampled step count.
+    """
+    if sampler is not None and sampler != record.sampler:
+        raise LD3InputError(
+            "sampler_name",
+            f"'{name}' was trained for the sampler {record.sampler}, not {sampler}; "
+            "learned schedules do not transfer between samplers",
+            f"Sample with {record.sampler}, or train a schedule for {sampler}",
+        )
+    model_sampling = model_patcher.get_model_object("model_sampling")
+    low, high = float(model_sampling.sigma_min), float(model_sampling.sigma_max)
+    first = float(record.step_sigmas[0])
+    fix = "Load a schedule trained for this MODEL, or train one with LD3 Train Sigmas"
+    if abs(math.log(first / high)) > math.log1p(SIGMA_MAX_TOLERANCE):
+        raise LD3InputError(
+            "schedule_file",
+            f"'{name}' starts at sigma {first:.4g}, but this MODEL's highest sigma is {high:.4g}: it was "
+            "learned for another kind of model",
+            fix,
+        )
+    told = torch.cat([record.model_sigmas, record.scale_sigmas]).double()
+    if bool((told > high * (1 + 1e-3)).any() or (told < low / SIGMA_RANGE_SLACK).any()):
+        raise LD3InputError(
+            "schedule_file",
+            f"'{name}' tells the network sigmas from {float(told.min()):.4g} to {float(told.max()):.4g}, "
+            f"outside this MODEL's range {low:.4g}-{high:.4g}: the file is damaged or for another model",
+            fix,
+        )
+    trained = record.train.get("verdict") or {}
+    lines = [
+        f"LD3 schedule '{name}': {record.sampler}, {record.steps} steps"
+        + (
+            f", {trained['ratio']:.2f}x the error of the best built-in ({trained['builtin']}) on its validation samples."
+            if trained.get("use_learned")
+            else "."
+        )
+    ]
+    given = model_identity(model_patcher)
+    if record.model and same_model(record.model, given) is False:
+        lines.append(
+            f"Warning: it was trained for model {record.model.get('model_class')} "
+            f"[{record.model.get('fingerprint')}], but the MODEL input is {given['model_class']} "
+            f"[{given['fingerprint']}]: a schedule is learned for one model (its LoRAs and shift included); "
+            "it is used anyway. Train one for this model for the best results."
+        )
+    sigmas = record.step_sigmas
+    if steps and steps != record.steps:
+        lines.append(
+            f"Warning: resampled log-linearly from the {record.steps} steps it was learned for to {steps}; "
+            f"train a schedule for {steps} steps for the best results."
+        )
+        sigmas = resample_log_linear(sigmas, steps)
+    for line in lines[1:]:
+        logging.warning("LD3: %s", line)
+    # The MODEL keeps the schedule as trained (its per-step sigmas map any sigma), as the 'ld3' KSampler
+    # scheduler expects.
+    patched = model_patch.patch_model(model_patcher, record.schedule, record.sampler)
+    return LoadedSchedule(sigmas, patched, "\n".join(lines))
 
 
 def _teacher_warning(

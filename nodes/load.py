@@ -1,15 +1,11 @@
 """LD3 Load Sigmas: a saved schedule file back as SIGMAS and an LD3-patched MODEL."""
 
-import logging
 import os
 
 import folder_paths
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
-from ..ld3_core.errors import LD3InputError
-from ..ld3_core.identity import model_identity, same_model
-from ..ld3_core.model_patch import patch_model
-from ..ld3_core.resample import resample_log_linear
+from ..ld3_core.api import load_for_model
 from ..ld3_core.schedule_file import load_schedule
 from ..ld3_core.solvers import SUPPORTED_SAMPLERS
 from ._common import SCHEDULE_FOLDER, file_choice_error, validation_answer
@@ -30,8 +26,9 @@ class LD3LoadSigmas(io.ComfyNode):
                 "Loads a schedule learned by LD3 Train Sigmas from models/ld3/. Outputs its SIGMAS and the "
                 "MODEL carrying the whole learned schedule: per step, the time the network is told and the "
                 "sigma its input and output are scaled with (use it with the 'ld3' scheduler in KSampler or with "
-                "SamplerCustom; the SIGMAS alone are only the step sigmas). Warns if the model differs from the one it was trained for; a "
-                "different step count is resampled log-linearly, with a warning."
+                "SamplerCustom; the SIGMAS alone are only the step sigmas). Refuses a file whose sigmas do not fit the "
+                "MODEL (another kind of model, or damaged); warns on the canvas and in its report output if the "
+                "model differs from the one it was trained for, or when another step count is resampled log-linearly."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The model the schedule was learned for."),
@@ -64,6 +61,11 @@ class LD3LoadSigmas(io.ComfyNode):
                     display_name="model",
                     tooltip="The MODEL carrying the whole learned schedule (per-step network times and scaling).",
                 ),
+                io.String.Output(
+                    display_name="report",
+                    tooltip="What was loaded (sampler, steps, its verdict) and any warning: another model, "
+                    "a resampled step count.",
+                ),
             ],
         )
 
@@ -87,40 +89,9 @@ class LD3LoadSigmas(io.ComfyNode):
         path = folder_paths.get_full_path(SCHEDULE_FOLDER, schedule_file)
         if path is None:  # gone since the prompt was queued (the listing may not know yet)
             raise _missing_schedule(schedule_file, gone=True)
-        record = load_schedule(path)
-        if sampler_name not in (ANY_SAMPLER, "", None) and sampler_name != record.sampler:
-            raise LD3InputError(
-                "sampler_name",
-                f"'{schedule_file}' was trained for the sampler {record.sampler}, not {sampler_name}; "
-                "learned schedules do not transfer between samplers",
-                f"Sample with {record.sampler}, or train a schedule for {sampler_name}",
-            )
-        given = model_identity(model)
-        if record.model and same_model(record.model, given) is False:
-            logging.warning(
-                "LD3: '%s' was trained for model %s [%s], but the MODEL input is %s [%s]; using it anyway.",
-                schedule_file,
-                record.model.get("model_class"),
-                record.model.get("fingerprint"),
-                given["model_class"],
-                given["fingerprint"],
-            )
-        sigmas = record.step_sigmas
-        if steps and steps != record.steps:
-            logging.warning(
-                "LD3: '%s' was learned for %d steps (%s); resampling it log-linearly to %d steps. "
-                "Train a schedule for %d steps for the best results.",
-                schedule_file,
-                record.steps,
-                record.sampler,
-                steps,
-                steps,
-            )
-            sigmas = resample_log_linear(sigmas, steps)
-        # The MODEL keeps the schedule as trained (its per-step sigmas map any sigma), as the 'ld3'
-        # KSampler scheduler expects.
-        patched = patch_model(model, record.schedule, record.sampler)
-        return io.NodeOutput(sigmas, patched)
+        wanted = None if sampler_name in (ANY_SAMPLER, "", None) else sampler_name
+        loaded = load_for_model(load_schedule(path), schedule_file, model, wanted, steps)
+        return io.NodeOutput(loaded.sigmas, loaded.model, loaded.report, ui=ui.PreviewText(loaded.report))
 
 
 def _missing_schedule(schedule_file: str | None, gone: bool = False):

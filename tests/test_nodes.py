@@ -351,18 +351,40 @@ def test_load_sigmas_checks_sampler_model_and_steps(comfy_server, schedule_names
     shown = tensor_values(outputs["show"]["text"][0])
     assert shown == pytest.approx(record.step_sigmas.tolist(), rel=1e-3, abs=5e-5)
 
-    # Another step count: resampled log-linearly, with a warning.
+    report = outputs["load"]["text"][0]  # the node's canvas text, as /history has it
+    assert report.startswith(f"LD3 schedule '{file}': {SAMPLER}, {STEPS} steps") and "Warning" not in report
+
+    # Another step count: resampled log-linearly, with a warning on the canvas.
     outputs = comfy_server.run_prompt(load_graph(steps=5))["outputs"]
     values = tensor_values(outputs["show"]["text"][0])
     assert len(values) == 6 and values[-1] == 0
     assert values[0] == pytest.approx(float(record.step_sigmas[0]), rel=1e-3)
-    assert re.search(
-        rf"LD3: '{file}' was learned for {STEPS} steps .* resampling it log-linearly to 5", comfy_server.log()
+    assert f"Warning: resampled log-linearly from the {STEPS} steps it was learned for to 5" in (
+        outputs["load"]["text"][0]
     )
 
-    # Another model: a warning naming both, and it goes on.
-    comfy_server.run_prompt(load_graph(model_seed=1))
-    assert re.search(rf"LD3: '{file}' was trained for model .* but the MODEL input is", comfy_server.log())
+    # Another model of the same kind: a warning naming both, and it goes on.
+    outputs = comfy_server.run_prompt(load_graph(model_seed=1))["outputs"]
+    assert re.search(r"Warning: it was trained for model .* but the MODEL input is", outputs["load"]["text"][0])
+
+    # Another kind of model (an EPS schedule on a flow model): refused, it would sample garbage.
+    flow = load_graph()
+    flow["demo"]["inputs"]["kind"] = "flow"
+    error = error_of(queue(comfy_server, flow)[1])
+    assert error["node_id"] == "load" and "schedule_file" in error["exception_message"]
+    assert "highest sigma is 1" in error["exception_message"], error["exception_message"]
+
+    # A damaged file (what the network is told x100): refused before sampling.
+    from dataclasses import replace
+
+    from ld3_core.schedule_file import save_schedule
+
+    damaged = schedule_names("damaged")
+    save_schedule(SCHEDULE_DIR / f"{damaged}.safetensors", replace(record, model_sigmas=record.model_sigmas * 100))
+    graph = load_graph()
+    graph["load"]["inputs"]["schedule_file"] = f"{damaged}.safetensors"
+    error = error_of(queue(comfy_server, graph)[1])
+    assert "outside this MODEL's range" in error["exception_message"], error["exception_message"]
 
     # Another sampler: refused, naming both.
     _, entry = queue(comfy_server, load_graph(sampler_name="euler"))
