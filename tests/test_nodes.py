@@ -681,7 +681,7 @@ def test_published_node_ids_and_inputs(ld3_node_classes):
     outputs = {node_id: [o.io_type for o in s.outputs] for node_id, s in schemas.items()}
     assert outputs["LD3GenerateTeacher"] == ["LD3_TEACHER", "STRING"]  # report appended: never reorder
     assert outputs["LD3TrainSigmas"] == ["SIGMAS", "MODEL", "IMAGE", "STRING"]  # report appended
-    assert outputs["LD3LoadSigmas"] == ["SIGMAS", "MODEL"]
+    assert outputs["LD3LoadSigmas"] == ["SIGMAS", "MODEL", "STRING"]  # report appended
     assert outputs["LD3CompareSigmas"] == ["IMAGE", "STRING"]
     assert outputs["LD3DemoModel"] == ["MODEL", "CONDITIONING", "CONDITIONING", "LATENT"]
     optional = {i.id for s in schemas.values() for i in s.inputs if i.optional}
