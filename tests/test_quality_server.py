@@ -17,8 +17,11 @@ pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 STEPS = 6
 HELDOUT = 256
-# Held-out ratio to the best built-in the default recipe must reach (the benchmark: 0.2-0.5).
-MAX_RATIO = {"eps": 0.6, "flux": 0.7}
+# Held-out ratio to the best built-in the default recipe must reach. The benchmark's dpmpp_2m NFE 6 cell,
+# seed 0 (these teacher noises), on 512 exact endpoints: EPS 0.19, Flux 0.31 (BENCHMARKS.md); measured
+# here on 128 noises against the 200-step teacher: 0.13 and 0.42. Twice the benchmark's, for the smaller
+# held-out set and its less exact reference.
+MAX_RATIO = {"eps": 0.4, "flux": 0.6}
 
 
 # The demo model that is the benchmark's exact model of that kind (bench/models.py: mix-eps-4x16x16 is
