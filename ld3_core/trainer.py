@@ -82,7 +82,9 @@ class TrainConfig:
         for name in ("soft_gamma", "lr_steps", "lr_offsets", "lr_noise", "offset_decay", "first_offset"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
-                raise LD3InputError(name, f"{name} is {value}, not a finite number", f"Set {name} to a number")
+                raise LD3InputError(
+                    name, f"{name} is {value}, not a finite number", f"Set {name} to a number"
+                )
         if self.freedom not in FREEDOMS:
             raise ValueError(f"freedom must be one of {FREEDOMS}, got {self.freedom!r}")
         if self.optimizer not in ("adam", "rmsprop"):

@@ -359,13 +359,16 @@ def test_load_sigmas_checks_sampler_model_and_steps(comfy_server, schedule_names
     values = tensor_values(outputs["show"]["text"][0])
     assert len(values) == 6 and values[-1] == 0
     assert values[0] == pytest.approx(float(record.step_sigmas[0]), rel=1e-3)
-    assert f"Warning: resampled log-linearly from the {STEPS} steps it was learned for to 5" in (
-        outputs["load"]["text"][0]
+    assert (
+        f"Warning: resampled log-linearly from the {STEPS} steps it was learned for to 5"
+        in (outputs["load"]["text"][0])
     )
 
     # Another model of the same kind: a warning naming both, and it goes on.
     outputs = comfy_server.run_prompt(load_graph(model_seed=1))["outputs"]
-    assert re.search(r"Warning: it was trained for model .* but the MODEL input is", outputs["load"]["text"][0])
+    assert re.search(
+        r"Warning: it was trained for model .* but the MODEL input is", outputs["load"]["text"][0]
+    )
 
     # Another kind of model (an EPS schedule on a flow model): refused, it would sample garbage.
     flow = load_graph()
@@ -380,7 +383,9 @@ def test_load_sigmas_checks_sampler_model_and_steps(comfy_server, schedule_names
     from ld3_core.schedule_file import save_schedule
 
     damaged = schedule_names("damaged")
-    save_schedule(SCHEDULE_DIR / f"{damaged}.safetensors", replace(record, model_sigmas=record.model_sigmas * 100))
+    save_schedule(
+        SCHEDULE_DIR / f"{damaged}.safetensors", replace(record, model_sigmas=record.model_sigmas * 100)
+    )
     graph = load_graph()
     graph["load"]["inputs"]["schedule_file"] = f"{damaged}.safetensors"
     error = error_of(queue(comfy_server, graph)[1])

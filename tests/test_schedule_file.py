@@ -499,9 +499,17 @@ def test_a_teacher_file_loaded_as_a_schedule_says_which_node_loads_it(tmp_path):
     from ld3_core.teacher_file import teacher_file_bytes
 
     teacher = TeacherData(
-        torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, dtype=torch.long), torch.tensor([False, True]), info={}
+        torch.zeros(2, 4),
+        torch.zeros(2, 4),
+        torch.zeros(2, dtype=torch.long),
+        torch.tensor([False, True]),
+        info={},
     )
-    refuses(teacher_file_bytes(teacher, {}), tmp_path, "a teacher file (from LD3 Generate Teacher): load it with LD3 Load Teacher")
+    refuses(
+        teacher_file_bytes(teacher, {}),
+        tmp_path,
+        "a teacher file (from LD3 Generate Teacher): load it with LD3 Load Teacher",
+    )
 
 
 def test_a_bad_name_says_where_the_file_goes():

@@ -319,7 +319,11 @@ def test_the_exact_ratio_note_brackets_the_verdict_by_the_teachers_error():
     exact = exact_ratio_note({"self_error": {"rmse": 0.0}}, result, L2Loss())
     ratio = f"{result.verdict.ratio:.2f}x"
     assert f"error is {ratio} to {ratio} the best built-in's" in exact  # an exact teacher: the verdict itself
-    b, learned, e = result.initial_validation_loss, result.best_validation_loss, 0.1 * result.initial_validation_loss
+    b, learned, e = (
+        result.initial_validation_loss,
+        result.best_validation_loss,
+        0.1 * result.initial_validation_loss,
+    )
     note = exact_ratio_note({"self_error": {"rmse": e}}, result, L2Loss())
     assert f"{max(learned - e, 0) / (b + e):.2f}x to {(learned + e) / (b - e):.2f}x" in note
     assert "10% of the best built-in's error" in note
