@@ -59,8 +59,16 @@ def optimise(student, cond, noise, ref, starts, freedom, sigma_range):
 
         adam = torch.optim.Adam(trained, lr=0.03)
         decay = torch.optim.lr_scheduler.CosineAnnealingLR(adam, ADAM_ITERATIONS, eta_min=0.001)
+        good = params.state()  # the last parameters with a finite loss
         for _ in range(ADAM_ITERATIONS):
-            loss = objective()
+            try:
+                loss = objective()
+            except IndexError:  # a NaN time indexes the sigma table
+                loss = torch.tensor(math.nan)
+            if not math.isfinite(loss.item()):  # stepped where the solver breaks down: go back, stop
+                params.load_state(good)
+                break
+            good = params.state()
             if loss.item() < best[0]:
                 best = (loss.item(), params.schedule().detach())
             adam.zero_grad()
@@ -78,14 +86,20 @@ def optimise(student, cond, noise, ref, starts, freedom, sigma_range):
             loss.backward()
             return loss
 
+        before = params.state()
         try:
             lbfgs.step(closure)
-        except RuntimeError:  # a line search that stepped into NaN: keep what Adam found
-            pass
+        except (RuntimeError, IndexError):  # a line search that stepped into NaN (a NaN time indexes
+            params.load_state(before)  # the sigma table): keep what Adam found
+        if not all(bool(torch.isfinite(p).all()) for p in trained):
+            params.load_state(before)
         params.project()
         with torch.no_grad():
-            loss = float(objective())
-        if loss < best[0]:
+            try:
+                loss = float(objective())
+            except IndexError:
+                loss = math.nan
+        if math.isfinite(loss) and loss < best[0]:
             best = (loss, params.schedule().detach())
     return best[1], best[0]
 
@@ -117,6 +131,8 @@ def oracle_cell(bm, sampler: str, steps: int, noise, ref, other_noise, other_ref
         # From the step-sigma optimum (the first time moved a little), and from the best schedule any
         # learned run of the benchmark found (so the optimum is never worse than what a method reached).
         full, _ = optimise(student, bm.cond, noise, ref, [steps_only, *learned], "full", sigma_range)
+    if error(steps_only, noise, ref) < error(full, noise, ref):  # the full freedom contains steps-only
+        full = steps_only
     seconds = time.perf_counter() - started
     base, base_other = builtin_errors[best_name], error(builtins[best_name], other_noise, other_ref)
     row = {"builtin": best_name, "builtin_error": base, "seconds": seconds, "steps": steps}

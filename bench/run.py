@@ -57,6 +57,11 @@ def _quick_grid(jobs):
     return out
 
 
+def _mtime(path) -> str:
+    stamp = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc)
+    return stamp.strftime("%Y-%m-%d %H:%M UTC")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -70,12 +75,23 @@ def main(argv=None) -> int:
         action="store_true",
         help="compute the oracle again for every cell (else only missing ones)",
     )
+    parser.add_argument(
+        "--rows",
+        action="store_true",
+        help="reuse bench/out/quality_rows.json (the quality cells of an earlier run, e.g. one whose oracle "
+        "stage failed) instead of measuring them again",
+    )
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
     load_start = os.getloadavg()
     env.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(env.BENCH_DIR / "out" / "cache", ignore_errors=True)
+    rows_file = env.BENCH_DIR / "out" / "quality_rows.json"
+    if args.rows and not rows_file.is_file():
+        parser.error(f"--rows: there is no {rows_file}")
+    reused = f" (quality cells reused from {rows_file.name} of {_mtime(rows_file)})" if args.rows else ""
+    if not args.rows:  # the held-out sets stay for --rows: the oracle scores on them
+        shutil.rmtree(env.BENCH_DIR / "out" / "cache", ignore_errors=True)
     # This run's CPU results replace the last ones (gpu*.json and its notes come from bench/gpu.py).
     stale = [*env.RESULTS_DIR.glob("*.png"), env.RESULTS_DIR / "quality.json", env.RESULTS_DIR / "run.json"]
     for path in stale + ([] if args.skip_cost else [env.RESULTS_DIR / "cost.json"]):
@@ -101,9 +117,12 @@ def main(argv=None) -> int:
         cost = None if args.skip_cost else pool.apply(_cost_job, (0,))
         print(f"cost: done at {time.perf_counter() - started:.0f} s", flush=True)
         print(f"data: {len(data_jobs)} held-out sets and teacher sets", flush=True)
-        pool.map(quality.prepare_job, data_jobs, chunksize=1)
+        pool.map(quality.prepare_job, data_jobs if not args.rows else [], chunksize=1)
+        rows = json.loads(rows_file.read_text()) if args.rows else []
+        if args.rows:
+            cell_jobs = []
+            print(f"quality: {len(rows)} rows reused from {rows_file}", flush=True)
         print(f"quality: {len(cell_jobs)} jobs, {time.perf_counter() - started:.0f} s so far", flush=True)
-        rows = []
         for i, job_rows in enumerate(pool.imap_unordered(quality.run_job, cell_jobs, chunksize=1)):
             rows += job_rows
             if job_rows:
@@ -113,7 +132,7 @@ def main(argv=None) -> int:
                     flush=True,
                 )
         (env.BENCH_DIR / "out").mkdir(exist_ok=True)
-        (env.BENCH_DIR / "out" / "quality_rows.json").write_text(json.dumps(rows, indent=1))
+        rows_file.write_text(json.dumps(rows, indent=1))
         cells = {(r["model"], r["sampler"], r["nfe"]) for r in rows if r["kind"] == "learned"}
         cells &= set(quality.oracle_cells(used))
         known = json.loads(ORACLE_FILE.read_text()) if ORACLE_FILE.is_file() else []
@@ -144,7 +163,7 @@ def main(argv=None) -> int:
         "torch": torch.__version__,
         "comfyui": comfyui_version,
         "python": platform.python_version(),
-        "mode": "quick" if args.quick else "full",
+        "mode": ("quick" if args.quick else "full") + reused,
         "command": " ".join(
             [".venv/bin/python", "bench/run.py", *(argv if argv is not None else sys.argv[1:])]
         ),
