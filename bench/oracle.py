@@ -212,10 +212,14 @@ def main(argv=None) -> int:
     parser.add_argument("--nfe", nargs="*", type=int, default=list(quality.ORACLE_NFE))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default=str(env.RESULTS_DIR / "oracle.json"))
+    parser.add_argument("--missing", action="store_true", help="only the cells the output file lacks")
     args = parser.parse_args(argv)
     rows_path = env.BENCH_DIR / "out" / "quality_rows.json"
     learned = json.loads(rows_path.read_text()) if rows_path.is_file() else []
     cells = [(m, s, n) for m in args.models for s in args.samplers for n in args.nfe]
+    if args.missing and Path(args.out).is_file():
+        known = {(r["model"], r["sampler"], r["nfe"]) for r in json.loads(Path(args.out).read_text())}
+        cells = [cell for cell in cells if cell not in known]
     env.bootstrap(threads=1)
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(args.workers) as pool:

@@ -81,6 +81,12 @@ def main(argv=None) -> int:
         help="reuse bench/out/quality_rows.json (the quality cells of an earlier run, e.g. one whose oracle "
         "stage failed) instead of measuring them again",
     )
+    parser.add_argument(
+        "--oracle-models",
+        nargs="*",
+        help="the models whose cells get the oracle in this run (default: every model that has one; "
+        "bench/oracle.py can add the rest later)",
+    )
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -134,7 +140,7 @@ def main(argv=None) -> int:
         (env.BENCH_DIR / "out").mkdir(exist_ok=True)
         rows_file.write_text(json.dumps(rows, indent=1))
         cells = {(r["model"], r["sampler"], r["nfe"]) for r in rows if r["kind"] == "learned"}
-        cells &= set(quality.oracle_cells(used))
+        cells &= set(quality.oracle_cells(args.oracle_models or used))
         known = json.loads(ORACLE_FILE.read_text()) if ORACLE_FILE.is_file() else []
         if not args.oracle:
             cells -= {(r["model"], r["sampler"], r["nfe"]) for r in known}

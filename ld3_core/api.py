@@ -248,8 +248,8 @@ def load_for_model(
     """A saved schedule checked against the MODEL it is to be used with, for LD3 Load Sigmas.
 
     Refused: another sampler than ``sampler`` (None: any), or values this model cannot have been trained
-    with (its first step sigma is not the model's highest sigma, or what the network is told lies outside
-    the model's sigma range). Warned in the report: another model of the same kind, a resampled step count.
+    with (learned for a model with another highest sigma, a first step sigma above the model's highest,
+    or what the network is told outside the model's sigma range). Warned in the report: another model of the same kind, a resampled step count.
     """
     if sampler is not None and sampler != record.sampler:
         raise LD3InputError(
@@ -260,13 +260,22 @@ def load_for_model(
         )
     model_sampling = model_patcher.get_model_object("model_sampling")
     low, high = float(model_sampling.sigma_min), float(model_sampling.sigma_max)
-    first = float(record.step_sigmas[0])
     fix = "Load a schedule trained for this MODEL, or train one with LD3 Train Sigmas"
-    if abs(math.log(first / high)) > math.log1p(SIGMA_MAX_TOLERANCE):
+    recorded = (record.model or {}).get("sigma_max")
+    if isinstance(recorded, (int, float)) and recorded > 0:
+        if abs(math.log(recorded / high)) > math.log1p(SIGMA_MAX_TOLERANCE):
+            raise LD3InputError(
+                "schedule_file",
+                f"'{name}' was learned for a model whose highest sigma is {recorded:.4g}, but this MODEL's "
+                f"highest sigma is {high:.4g}: another kind of model",
+                fix,
+            )
+    first = float(record.step_sigmas[0])  # a built-in start may begin below the top (ddim_uniform)
+    if first > high * (1 + SIGMA_MAX_TOLERANCE):
         raise LD3InputError(
             "schedule_file",
-            f"'{name}' starts at sigma {first:.4g}, but this MODEL's highest sigma is {high:.4g}: it was "
-            "learned for another kind of model",
+            f"'{name}' starts at sigma {first:.4g}, above this MODEL's highest sigma {high:.4g}: it was "
+            "learned for another kind of model, or the file is damaged",
             fix,
         )
     told = torch.cat([record.model_sigmas, record.scale_sigmas]).double()
