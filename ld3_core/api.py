@@ -234,8 +234,9 @@ class LoadedSchedule:
     report: str
 
 
-# How far a file's first step sigma may sit from the model's highest sigma (the same model family gives
-# the same value to float precision; another family differs by far more: SD1.x 14.6, flow 1.0).
+# How far the highest sigma a schedule was learned for may sit from the MODEL's, and its first step sigma
+# above it (one model family gives the same value to float precision; families differ by far more:
+# SD1.x 14.6, flow 1.0).
 SIGMA_MAX_TOLERANCE = 0.05
 # The trainer keeps what the network is told inside the model's range (the paper's window could reach
 # half a log-gap below the last step sigma); a factor past that means the file is not for this model.
