@@ -9,11 +9,21 @@ Here, and only here, we:
 - rematerialise each denoiser call: a reentrant checkpoint per call keeps only the x_t chain alive
   (paper Sec. 4, memory), with a saved-tensor hook that clones activations at save time, since some
   models (Flux) update activations in place and would otherwise fail or leak in backward;
-- feed the learned sigmas in: the LD3 ``model_sampling`` patch (``model_patch.py``) with live knots.
+- feed the learned sigmas in: the LD3 ``model_sampling`` patch (``model_patch.py``) with live knots;
+- train on a model whose weights stay put, and tell ComfyUI that a differentiable call is running.
+  Newer ComfyUI (Dynamic VRAM, on by default in 0.4x builds) streams weights into each op while
+  sampling; ``ModelPatcher.is_dynamic()`` / ``get_non_dynamic_delegate()`` give the static clone
+  ComfyUI itself uses where a sampling pass needs fixed weights (hook patches), and we train on it.
+  ``comfy.model_management.in_training`` (newer ComfyUI) switches its fused in-place kernels (Flux's
+  RoPE, fused linear activations) to the differentiable eager path; without it a backward through Flux
+  fails ("no autograd formula") or, with checkpointing, gives wrong gradients. It is set around every
+  grad-enabled model call, including the recompute in backward, and restored after. Both are feature
+  detected: ComfyUI 0.3.75 has neither, and nothing changes there.
 """
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -78,6 +88,44 @@ def weights_as_constants(module: torch.nn.Module) -> int:
     return replaced
 
 
+@contextmanager
+def training_mode(enabled: bool = True) -> Iterator[None]:
+    """ComfyUI's ``in_training`` flag set to ``enabled`` for the block (where the ComfyUI has it)."""
+    import comfy.model_management as mm
+
+    if not enabled or not hasattr(mm, "in_training"):
+        yield
+        return
+    previous = mm.in_training
+    mm.in_training = True
+    try:
+        yield
+    finally:
+        mm.in_training = previous
+
+
+def static_model(model_patcher):
+    """The model with its weights loaded whole (not streamed per op), for differentiable sampling.
+
+    Returns ``model_patcher`` itself on a ComfyUI without Dynamic VRAM, or when it is off. Where the
+    static delegate cannot be made (a model from a loader that did not register how to load it again),
+    the dynamic model is used as it is: ComfyUI casts its weights per op, which autograd passes through.
+    """
+    is_dynamic = getattr(model_patcher, "is_dynamic", None)
+    delegate = getattr(model_patcher, "get_non_dynamic_delegate", None)
+    if not callable(is_dynamic) or not callable(delegate) or not is_dynamic():
+        return model_patcher
+    try:
+        return delegate()
+    except RuntimeError as exc:
+        logging.getLogger(__name__).warning(
+            "LD3: training on ComfyUI's dynamically loaded model (no static copy: %s). If training fails or "
+            "is slow, start ComfyUI with --disable-dynamic-vram.",
+            exc,
+        )
+        return model_patcher
+
+
 def _prepare_sampling_wrapper(executor, model, *args, **kwargs):
     result = executor(model, *args, **kwargs)
     weights_as_constants(model.model)
@@ -109,7 +157,7 @@ def _checkpointed_apply_model(executor, x, t, *args, **kwargs):
         if knots is not None:
             model_sampling.ld3_knots = tuple(knot_in)
         try:
-            with torch.autograd.graph.saved_tensors_hooks(_pack_clone, _unpack):
+            with torch.autograd.graph.saved_tensors_hooks(_pack_clone, _unpack), training_mode():
                 return executor(x_in, t_in, *args, **kwargs)
         finally:
             model_sampling.ld3_knots = knots
@@ -147,7 +195,7 @@ class DifferentiableSampler:
 
         solvers.check_sampler(sampler_name)
         self.sampler_name = sampler_name
-        self.model = model_patch.patch_model(model_patcher)
+        self.model = model_patch.patch_model(static_model(model_patcher))
         self.model.add_wrapper_with_key(
             pe.WrappersMP.PREPARE_SAMPLING, model_patch.LD3_KEY, _prepare_sampling_wrapper
         )
@@ -167,8 +215,15 @@ class DifferentiableSampler:
         learning = schedule.model_sigmas.requires_grad or schedule.scale_sigmas.requires_grad
         self.model_sampling.ld3_knots = None if schedule.is_plain and not learning else schedule.knots()
         try:
-            # Grad mode is the caller's: the trainer evaluates candidates and validation under no_grad.
-            with torch.inference_mode(False), warnings.catch_warnings():
+            # Grad mode is the caller's: the trainer evaluates candidates and validation under no_grad
+            # (leaving inference mode would otherwise turn gradients back on).
+            grad = torch.is_grad_enabled()
+            with (
+                torch.inference_mode(False),
+                torch.set_grad_enabled(grad),
+                training_mode(grad),
+                warnings.catch_warnings(),
+            ):
                 # KSAMPLER reads float(sigmas[0]); sigma_max is a constant of ours, so that is harmless.
                 warnings.filterwarnings(
                     "ignore", message="Converting a tensor with requires_grad=True to a scalar"

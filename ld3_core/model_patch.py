@@ -12,6 +12,14 @@ so training and stock sampling (SamplerCustom, KSampler with the ``ld3`` schedul
   u(s) instead of s. Both maps pass exactly through the schedule's steps and interpolate between them,
   so every sampler's extra stage points (Heun, DPM-2, UniPC) get a consistent value. Overriding the
   model type's own two functions keeps this right for every ComfyUI model type (EPS, V, EDM, flow).
+
+Dynamic VRAM (newer ComfyUI, ``ModelPatcherDynamic``) backs up the model's buffers by attribute path
+when it loads a model and writes them back by path at the next load, onto whatever object is at that
+path then (ComfyUI issue #16490): another sampling object's ``sigmas`` / ``log_sigmas`` can land on
+ours. What the network is told must not depend on that, so the patch keeps its own copy of the sigma
+table, as a plain attribute (not a buffer: the loader neither backs it up nor overwrites it), taken from
+the model's sampling object when the patch is made, and cached per device. The schedule and its knots
+are plain attributes too.
 """
 
 from __future__ import annotations
@@ -47,10 +55,17 @@ class _LD3Sampling:
             return sigma
         return map_sigma(sigma, self.ld3_knots[0], self.ld3_knots[which])
 
+    def _ld3_log_sigmas(self, device) -> torch.Tensor:
+        """The sigma table as it was when the patch was made, on ``device`` (cached)."""
+        tables = self._ld3_tables
+        if device not in tables:
+            tables[device] = next(iter(tables.values())).to(device)
+        return tables[device]
+
     def timestep(self, sigma):
         sigma = self._ld3_sigma(sigma, 1)
         if self._ld3_discrete:
-            return continuous_discrete_timestep(self.log_sigmas, sigma)
+            return continuous_discrete_timestep(self._ld3_log_sigmas(sigma.device), sigma)
         return super().timestep(sigma)
 
     def calculate_input(self, sigma, noise):
@@ -82,7 +97,10 @@ def ld3_model_sampling(base, knots=None, schedule: dict | None = None):
     for name in ("_parameters", "_buffers", "_modules"):
         patched.__dict__[name] = dict(base.__dict__[name])
     object.__setattr__(patched, "ld3_base", base)
-    object.__setattr__(patched, "_ld3_discrete", _uses_argmin_timestep(base))
+    discrete = _uses_argmin_timestep(base)
+    object.__setattr__(patched, "_ld3_discrete", discrete)
+    table = base.log_sigmas.detach().clone() if discrete else None
+    object.__setattr__(patched, "_ld3_tables", {table.device: table} if discrete else {})
     object.__setattr__(patched, "ld3_knots", knots)
     object.__setattr__(patched, "ld3_schedule", schedule)
     return patched
