@@ -2,10 +2,18 @@
 
 Both schedules are scored on the same held-out teacher samples, so the comparison is paired: the ratio of
 mean losses, the share of samples the learned schedule does better on, and a one-sided sign-flip
-permutation test of the mean difference (no distributional assumption; the p-value is exact up to the
-Monte-Carlo error of ``PERMUTATIONS`` random sign flips, with a fixed seed so it is reproducible). The
-learned schedule is used only when it is better and the gain is significant: it was chosen as the best
-of many validations, so a small, noisy gain is not evidence enough to replace a built-in schedule.
+permutation test (no distributional assumption; the p-value is exact up to the Monte-Carlo error of
+``PERMUTATIONS`` random sign flips, with a fixed seed so it is reproducible) of the per-sample log ratio
+log(built-in loss / learned loss). The learned schedule is used only when its mean loss is lower and the
+gain is significant: it was chosen as the best of many validations, so a small, noisy gain is not evidence
+enough to replace a built-in schedule.
+
+Why the log ratio and not the difference of losses: few-step errors are heavy-tailed (a sample that
+lands in another mode has 10-100x the typical error), so a test of the mean difference is decided by
+one or two samples. On the benchmark's exact mixtures it handed back the built-in in 3 of 108 runs whose
+learned schedule was 0.31-0.69x the built-in's error on 512 held-out noises (better on 20-22 of 25
+validation samples, p = 0.05-0.15). The log ratio weighs every sample alike; the mean ratio must still be
+below 1, so a schedule that is better on most samples but worse on average is not used.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ class Verdict:
     samples: int
     ratio: float  # mean learned loss / mean built-in loss (< 1: learned is better)
     win_rate: float  # share of samples where the learned schedule's loss is lower
-    p_value: float  # one-sided: probability of a gain this large if neither were better
+    p_value: float  # one-sided: probability of a gain this large if neither were better (log ratios)
     use_learned: bool  # better and significantly so: the outputs carry the learned schedule
     # The learned step sigmas alone (the SIGMAS output without the MODEL's per-step sigmas).
     steps_only_ratio: float | None = None
@@ -77,7 +85,8 @@ def judge(
         float(learned.mean()) / base if base > 0 else (1.0 if float(learned.mean()) == 0 else float("inf"))
     )
     diff = builtin - learned  # > 0 where the learned schedule is better
-    p_value = _sign_flip_p_value(diff, seed)
+    tiny = torch.finfo(torch.float64).tiny
+    p_value = _sign_flip_p_value(builtin.clamp_min(tiny).log() - learned.clamp_min(tiny).log(), seed)
     steps_only_ratio = None
     if steps_only is not None and base > 0:
         steps_only_ratio = float(steps_only.double().mean()) / base
