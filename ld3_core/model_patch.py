@@ -24,7 +24,8 @@ are plain attributes too.
 
 from __future__ import annotations
 
-from functools import cache
+import logging
+from functools import cache, partial
 
 import torch
 
@@ -107,7 +108,11 @@ def ld3_model_sampling(base, knots=None, schedule: dict | None = None):
 
 
 def patch_model(model_patcher, schedule: Schedule | None = None, sampler: str | None = None):
-    """Clone a ModelPatcher with the LD3 model_sampling patch (and a learned schedule, if given)."""
+    """Clone a ModelPatcher with the LD3 model_sampling patch (and a learned schedule, if given).
+
+    A MODEL that carries a schedule learned for a sampler also checks, each time it is sampled, that the
+    sampler is that one (``check_sampler_wrapper``).
+    """
     patched = model_patcher.clone()
     base = model_patcher.get_model_object("model_sampling")
     knots, carried = None, None
@@ -116,7 +121,70 @@ def patch_model(model_patcher, schedule: Schedule | None = None, sampler: str | 
         knots = schedule.knots()
         carried = {"schedule": schedule, "sampler": sampler, "steps": schedule.steps}
     patched.add_object_patch("model_sampling", ld3_model_sampling(base, knots, carried))
+    if schedule is not None and sampler:
+        import comfy.patcher_extension as pe
+
+        check = partial(check_sampler_wrapper, sampler, schedule.steps)
+        patched.add_wrapper_with_key(pe.WrappersMP.SAMPLER_SAMPLE, LD3_KEY, check)
     return patched
+
+
+@cache
+def _sampler_names() -> dict:
+    """ComfyUI's sampler functions by identity -> sampler name (the first name that gives each)."""
+    import comfy.samplers
+
+    names = {}
+    for name in comfy.samplers.SAMPLER_NAMES:
+        try:
+            function = comfy.samplers.sampler_object(name).sampler_function
+        except Exception:  # noqa: BLE001 - a sampler ComfyUI cannot build here is simply not recognised
+            continue
+        names.setdefault(function, name)
+    return names
+
+
+def check_sampler_wrapper(trained: str, steps: int, executor, *args, **kwargs):
+    """SAMPLER_SAMPLE wrapper: warn on the sampling node when the sampler is not the one trained for.
+
+    ComfyUI calls it with the sampler object (``executor.class_obj``); a sampler it cannot name (a custom
+    SAMPLER without a known sampler function) passes without a word.
+    """
+    function = getattr(executor.class_obj, "sampler_function", None)
+    used = _sampler_names().get(function)
+    if used is not None and function is not _trained_function(trained):
+        notify_user(
+            f"LD3: this MODEL carries a schedule learned for the {trained} sampler ({steps} steps), but it is "
+            f"sampled with {used}. A learned schedule fits the sampler it was trained with (with another one "
+            f"it can be worse than a built-in scheduler): set sampler_name to {trained}, or train a schedule "
+            f"for {used}."
+        )
+    return executor(*args, **kwargs)
+
+
+@cache
+def _trained_function(name: str):
+    import comfy.samplers
+
+    try:
+        return comfy.samplers.sampler_object(name).sampler_function
+    except Exception:  # noqa: BLE001 - an unknown name matches nothing
+        return None
+
+
+def notify_user(text: str) -> None:
+    """A warning the user sees: in the log, and as text on the node being executed (ComfyUI's progress
+    text, shown on the node in the frontend) when a prompt is running."""
+    logging.warning(text)
+    try:
+        from comfy_execution.utils import get_executing_context
+        from server import PromptServer
+    except ImportError:
+        return
+    context = get_executing_context()
+    server = getattr(PromptServer, "instance", None)
+    if context is not None and server is not None and hasattr(server, "send_progress_text"):
+        server.send_progress_text(text, context.node_id)
 
 
 def learned_schedule(model_patcher) -> dict | None:

@@ -10,11 +10,10 @@ recognised and answered so that the dropped sigma is a duplicate and the learned
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
 from .errors import LD3InputError
+from .model_patch import notify_user
 from .resample import resample_log_linear
 
 SCHEDULER_NAME = "ld3"
@@ -39,13 +38,10 @@ def ld3_scheduler(model_sampling, steps: int) -> torch.Tensor:
     if steps == trained + 1 and schedule.get("sampler") in _DISCARD_PENULTIMATE:
         # KSampler will drop sigmas[-2]: duplicate the last positive sigma so what remains is ours.
         return torch.cat([sigmas[:-1], sigmas[-2:-1], sigmas[-1:]])
-    logging.warning(
-        "LD3: the schedule was learned for %d steps (%s); resampling it log-linearly to %d steps. "
-        "Train a schedule for %d steps for the best results.",
-        trained,
-        schedule.get("sampler"),
-        steps,
-        steps,
+    notify_user(
+        f"LD3: the schedule was learned for {trained} steps ({schedule.get('sampler')}); the ld3 scheduler "
+        f"resamples it log-linearly to {steps} steps. Set steps to {trained}, or train a schedule for {steps} "
+        "steps, for the best results."
     )
     return resample_log_linear(sigmas, steps)
 

@@ -184,6 +184,50 @@ class ComfyServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def run_prompt_with_node_texts(
+        self, graph: dict, timeout: float = 300.0
+    ) -> tuple[dict, list[tuple[str, str]]]:
+        """``run_prompt``, listening on the websocket as the frontend does: also returns the text messages
+        nodes showed on the canvas while it ran (ComfyUI's progress text: (node id, text))."""
+        import struct
+        import uuid
+
+        import aiohttp
+
+        client_id = uuid.uuid4().hex
+        texts: list[tuple[str, str]] = []
+        text_event = 3  # protocol.BinaryEventTypes.TEXT
+
+        async def listen() -> dict:
+            async with aiohttp.ClientSession() as session:
+                ws_url = self.base_url.replace("http", "ws", 1) + f"/ws?clientId={client_id}"
+                async with session.ws_connect(ws_url) as ws:
+                    async with session.post(
+                        self.base_url + "/prompt", json={"prompt": graph, "client_id": client_id}
+                    ) as response:
+                        assert response.status == 200, await response.text()
+                        prompt_id = (await response.json())["prompt_id"]
+                    async for message in ws:
+                        if message.type == aiohttp.WSMsgType.BINARY:
+                            (event,) = struct.unpack(">I", message.data[:4])
+                            if event == text_event:
+                                (length,) = struct.unpack(">I", message.data[4:8])
+                                node = message.data[8 : 8 + length].decode()
+                                texts.append((node, message.data[8 + length :].decode()))
+                        elif message.type == aiohttp.WSMsgType.TEXT:
+                            data = json.loads(message.data)
+                            done = data["type"] in ("execution_success", "execution_error")
+                            if done and data["data"].get("prompt_id") == prompt_id:
+                                return prompt_id
+
+        prompt_id = asyncio.run(asyncio.wait_for(listen(), timeout))
+        entry = self.get_json(f"/history/{prompt_id}")[prompt_id]
+        if entry["status"].get("status_str") != "success":
+            raise AssertionError(
+                f"prompt failed: {json.dumps(entry['status'], indent=1)}\n{log_tail(self.log_path)}"
+            )
+        return entry, texts
+
     def run_prompt(self, graph: dict, timeout: float = 300.0) -> dict:
         """Queue an API-format graph, wait for it and return its /history entry (fails on an error)."""
         prompt_id = self.post_json("/prompt", {"prompt": graph})["prompt_id"]

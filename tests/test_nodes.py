@@ -354,6 +354,23 @@ def test_load_sigmas_checks_sampler_model_and_steps(comfy_server, schedule_names
     report = outputs["load"]["text"][0]  # the node's canvas text, as /history has it
     assert report.startswith(f"LD3 schedule '{file}': {SAMPLER}, {STEPS} steps") and "Warning" not in report
 
+    # KSampler with another sampler than the schedule was learned for: it samples, and says so on the
+    # KSampler node (the frontend shows the text there) and in the log.
+    mismatch = load_graph(sampler_name=SAMPLER, steps=0)
+    mismatch["ksampler"]["inputs"]["sampler_name"] = "euler"
+    _, texts = comfy_server.run_prompt_with_node_texts(mismatch)
+    said = [text for node, text in texts if node == "ksampler"]
+    assert any(f"learned for the {SAMPLER} sampler" in t and "sampled with euler" in t for t in said), texts
+    assert f"set sampler_name to {SAMPLER}" in comfy_server.log()
+    # ... and the trained sampler (and steps) sample without a word.
+    _, texts = comfy_server.run_prompt_with_node_texts(load_graph(sampler_name=SAMPLER, steps=0))
+    assert not [t for node, t in texts if node == "ksampler" and "LD3" in t], texts
+    # KSampler with another step count than trained: the ld3 scheduler resamples and says so there too.
+    steps_off = load_graph(sampler_name=SAMPLER, steps=0)
+    steps_off["ksampler"]["inputs"]["steps"] = STEPS + 2
+    _, texts = comfy_server.run_prompt_with_node_texts(steps_off)
+    assert any(node == "ksampler" and "resamples it log-linearly" in t for node, t in texts), texts
+
     # Another step count: resampled log-linearly, with a warning on the canvas.
     outputs = comfy_server.run_prompt(load_graph(steps=5))["outputs"]
     values = tensor_values(outputs["show"]["text"][0])
