@@ -244,13 +244,21 @@ SIGMA_RANGE_SLACK = 10.0
 
 
 def load_for_model(
-    record: ScheduleRecord, name: str, model_patcher, sampler: str | None = None, steps: int = 0
+    record: ScheduleRecord,
+    name: str,
+    model_patcher,
+    sampler: str | None = None,
+    steps: int = 0,
+    denoise: float = 1.0,
 ) -> LoadedSchedule:
     """A saved schedule checked against the MODEL it is to be used with, for LD3 Load Sigmas.
 
     Refused: another sampler than ``sampler`` (None: any), or values this model cannot have been trained
     with (learned for a model with another highest sigma, a first step sigma above the model's highest,
-    or what the network is told outside the model's sigma range). Warned in the report: another model of the same kind, a resampled step count.
+    or what the network is told outside the model's sigma range). Warned in the report: another model of
+    the same kind, a resampled step count. ``denoise`` < 1 keeps the last round(steps * denoise) steps
+    of the SIGMAS (img2img, a hires pass), as ComfyUI's AlignYourSteps / OptimalSteps nodes do; the MODEL
+    still carries the whole schedule, whose per-step sigmas map the steps kept.
     """
     if sampler is not None and sampler != record.sampler:
         raise LD3InputError(
@@ -311,8 +319,15 @@ def load_for_model(
             f"train a schedule for {steps} steps for the best results."
         )
         sigmas = resample_log_linear(sigmas, steps)
+    if denoise < 1.0:
+        count = sigmas.numel() - 1
+        kept = max(0, round(count * denoise))
+        sigmas = sigmas[-(kept + 1) :]
+        start = f"from sigma {float(sigmas[0]):.4g}" if kept else "nothing to sample"
+        lines.append(f"denoise {denoise:g}: the last {kept} of its {count} steps, {start}.")
     for line in lines[1:]:
-        logging.warning("LD3: %s", line)
+        if line.startswith("Warning"):
+            logging.warning("LD3: %s", line)
     # The MODEL keeps the schedule as trained (its per-step sigmas map any sigma), as the 'ld3' KSampler
     # scheduler expects.
     patched = model_patch.patch_model(model_patcher, record.schedule, record.sampler)

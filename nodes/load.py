@@ -54,6 +54,17 @@ class LD3LoadSigmas(io.ComfyNode):
                     tooltip="0 = the trained step count. Another count resamples the schedule log-linearly "
                     "(with a warning); train for that count for the best results.",
                 ),
+                io.Float.Input(
+                    "denoise",
+                    default=1.0,
+                    min=0.0,
+                    max=1.0,
+                    step=0.01,
+                    optional=True,
+                    tooltip="Below 1: only the last steps of the schedule (round(steps x denoise)), for img2img "
+                    "or a hires pass, as AlignYourSteps does. The schedule was learned from pure noise, so "
+                    "this is an approximation.",
+                ),
             ],
             outputs=[
                 io.Sigmas.Output(display_name="sigmas", tooltip="The learned step sigmas."),
@@ -84,13 +95,13 @@ class LD3LoadSigmas(io.ComfyNode):
 
     @classmethod
     def execute(
-        cls, model, schedule_file: str, sampler_name: str = ANY_SAMPLER, steps: int = 0
+        cls, model, schedule_file: str, sampler_name: str = ANY_SAMPLER, steps: int = 0, denoise: float = 1.0
     ) -> io.NodeOutput:
         path = folder_paths.get_full_path(SCHEDULE_FOLDER, schedule_file)
         if path is None:  # gone since the prompt was queued (the listing may not know yet)
             raise _missing_schedule(schedule_file, gone=True)
         wanted = None if sampler_name in (ANY_SAMPLER, "", None) else sampler_name
-        loaded = load_for_model(load_schedule(path), schedule_file, model, wanted, steps)
+        loaded = load_for_model(load_schedule(path), schedule_file, model, wanted, steps, denoise)
         return io.NodeOutput(loaded.sigmas, loaded.model, loaded.report, ui=ui.PreviewText(loaded.report))
 
 

@@ -381,6 +381,13 @@ def test_load_sigmas_checks_sampler_model_and_steps(comfy_server, schedule_names
         in (outputs["load"]["text"][0])
     )
 
+    # denoise (img2img, a hires pass): the last round(steps x denoise) steps, as AlignYourSteps does.
+    outputs = comfy_server.run_prompt(load_graph(steps=6, denoise=0.5))["outputs"]
+    tail = tensor_values(outputs["show"]["text"][0])
+    full = tensor_values(comfy_server.run_prompt(load_graph(steps=6))["outputs"]["show"]["text"][0])
+    assert len(tail) == 4 and tail == pytest.approx(full[-4:], rel=1e-3, abs=5e-5)
+    assert "denoise 0.5: the last 3 of its 6 steps" in outputs["load"]["text"][0]
+
     # Another model of the same kind: a warning naming both, and it goes on.
     outputs = comfy_server.run_prompt(load_graph(model_seed=1))["outputs"]
     assert re.search(
