@@ -43,6 +43,8 @@ class LD3DemoModel(io.ComfyNode):
                     default=0,
                     min=0,
                     max=0xFFFFFFFFFFFFFFFF,
+                    # It defines the model / the data: the frontend must not randomize it after each run.
+                    control_after_generate=False,
                     tooltip="Seed of the mixture (its means, spreads and weights).",
                 ),
             ],

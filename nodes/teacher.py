@@ -82,6 +82,8 @@ class LD3GenerateTeacher(io.ComfyNode):
                     default=0,
                     min=0,
                     max=0xFFFFFFFFFFFFFFFF,
+                    # It defines the model / the data: the frontend must not randomize it after each run.
+                    control_after_generate=False,
                     tooltip="Start noise of sample i uses seed + i.",
                 ),
                 io.Float.Input(

@@ -122,6 +122,8 @@ class LD3TrainSigmas(io.ComfyNode):
                     default=0,
                     min=0,
                     max=0xFFFFFFFFFFFFFFFF,
+                    # It defines the model / the data: the frontend must not randomize it after each run.
+                    control_after_generate=False,
                     tooltip="Seed of the order in which training samples are visited.",
                 ),
                 io.String.Input(

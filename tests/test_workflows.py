@@ -223,8 +223,11 @@ def test_checks_catch_broken_workflows(comfy_server):
         edit(graph)
         return check_api(graph, info)
 
-    def drop_control(nodes):  # widgets_values shifted: the seed's "fixed" is gone
-        nodes["LD3GenerateTeacher"]["widgets_values"].remove("fixed")
+    def drop_control(nodes):  # widgets_values shifted: the noise seed's "fixed" is gone
+        nodes["RandomNoise"]["widgets_values"].remove("fixed")
+
+    def add_control(nodes):  # the teacher's seed has no control widget (it is never randomized)
+        nodes["LD3GenerateTeacher"]["widgets_values"].insert(2, "fixed")
 
     def too_few_samples(nodes):
         nodes["LD3GenerateTeacher"]["widgets_values"][0] = 0
@@ -233,6 +236,7 @@ def test_checks_catch_broken_workflows(comfy_server):
         nodes["LD3TrainSigmas"]["type"] = "LD3NoSuchNode"
 
     assert ui_problems(drop_control)
+    assert ui_problems(add_control)
     assert any("outside" in p for p in ui_problems(too_few_samples))
     assert any("unknown node type" in p for p in ui_problems(unknown_type))
     assert not ui_problems(lambda nodes: None)
