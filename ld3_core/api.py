@@ -213,7 +213,7 @@ def schedule_to_beat(path, model_patcher, sampler: str, steps: int) -> Schedule 
         logging.warning("LD3: %s cannot be read (%s); this run replaces it.", path, exc)
         return None
     name = os.path.basename(path)
-    other_model = bool(record.model) and same_model(record.model, model_identity(model_patcher)) is False
+    other_model = _other_model(record, model_patcher) is not None
     if record.sampler != sampler or record.steps != steps or other_model:
         holds = f"{record.sampler} {record.steps} steps" + (" on another model" if other_model else "")
         raise LD3InputError(
@@ -222,6 +222,12 @@ def schedule_to_beat(path, model_patcher, sampler: str, steps: int) -> Schedule 
             "Choose another schedule_name, or delete or rename that file in models/ld3",
         )
     return record.schedule
+
+
+def _other_model(record: ScheduleRecord, model_patcher) -> dict | None:
+    """The MODEL's identity if the schedule was recorded for another model, else None (same, or unknown)."""
+    given = model_identity(model_patcher)
+    return given if record.model and same_model(record.model, given) is False else None
 
 
 @dataclass(frozen=True)
@@ -304,8 +310,8 @@ def load_for_model(
             else "."
         )
     ]
-    given = model_identity(model_patcher)
-    if record.model and same_model(record.model, given) is False:
+    given = _other_model(record, model_patcher)
+    if given is not None:
         lines.append(
             f"Warning: it was trained for model {record.model.get('model_class')} "
             f"[{record.model.get('fingerprint')}], but the MODEL input is {given['model_class']} "
