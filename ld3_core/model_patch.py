@@ -24,11 +24,11 @@ are plain attributes too.
 
 from __future__ import annotations
 
-import logging
 from functools import cache, partial
 
 import torch
 
+from .comfy_ui import notify_user
 from .schedule import Schedule, map_sigma
 
 LD3_KEY = "ld3"
@@ -170,21 +170,6 @@ def _trained_function(name: str):
         return comfy.samplers.sampler_object(name).sampler_function
     except Exception:  # noqa: BLE001 - an unknown name matches nothing
         return None
-
-
-def notify_user(text: str) -> None:
-    """A warning the user sees: in the log, and as text on the node being executed (ComfyUI's progress
-    text, shown on the node in the frontend) when a prompt is running."""
-    logging.warning(text)
-    try:
-        from comfy_execution.utils import get_executing_context
-        from server import PromptServer
-    except ImportError:
-        return
-    context = get_executing_context()
-    server = getattr(PromptServer, "instance", None)
-    if context is not None and server is not None and hasattr(server, "send_progress_text"):
-        server.send_progress_text(text, context.node_id)
 
 
 def learned_schedule(model_patcher) -> dict | None:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from .comfy_ui import notify_user
 from .errors import LD3InputError
-from .model_patch import notify_user
 from .resample import resample_log_linear
 
 SCHEDULER_NAME = "ld3"

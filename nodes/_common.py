@@ -11,9 +11,10 @@ import comfy.model_management
 import comfy.utils
 import folder_paths
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..ld3_core.comfy_adapter import Conditioning
+from ..ld3_core.comfy_ui import as_markdown, show_on_node
 from ..ld3_core.errors import LD3InputError
 from ..ld3_core.schedule_file import atomic_write, default_versions
 from ..ld3_core.scheduler import register_ld3_scheduler
@@ -40,6 +41,14 @@ class TeacherBundle:
     @property
     def cfg(self) -> float:
         return float(self.conditionings[0].cfg)
+
+
+def report_output(*outputs, report: str) -> io.NodeOutput:
+    """A node's outputs ending with its report: shown on the node itself (the frontend's node text), and as
+    the STRING output and ui text in Markdown paragraphs (what PreviewAny renders and /history keeps)."""
+    show_on_node(report)
+    text = as_markdown(report)
+    return io.NodeOutput(*outputs, text, ui=ui.PreviewText(text))
 
 
 def register_pack() -> None:

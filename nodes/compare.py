@@ -142,11 +142,14 @@ def report_rows(errors: dict, steps: dict, builtin_names: list[str]) -> list[lis
 
 
 def format_report(rows: list[list[str]], sampler: str, samples: int) -> str:
-    """The rows as an aligned text table under a one-line title."""
+    """The rows as an aligned text table under a one-line title; the table is a Markdown code block, so
+    PreviewAny (which renders Markdown) keeps its lines and columns."""
     table = [list(REPORT_COLUMNS)] + rows
     widths = [max(len(row[c]) for row in table) for c in range(len(REPORT_COLUMNS))]
     lines = [
-        f"LD3 held-out RMSE to the teacher ({sampler}, {samples} samples; vs_best_builtin < 1 is better)"
+        f"LD3 held-out RMSE to the teacher ({sampler}, {samples} samples; vs_best_builtin < 1 is better)",
+        "",
+        "```",
     ]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
-    return "\n".join(lines)
+    return "\n".join(lines + ["```"])

@@ -3,12 +3,12 @@
 import os
 
 import folder_paths
-from comfy_api.latest import io, ui
+from comfy_api.latest import io
 
 from ..ld3_core.api import load_for_model
 from ..ld3_core.schedule_file import load_schedule
 from ..ld3_core.solvers import SUPPORTED_SAMPLERS
-from ._common import SCHEDULE_FOLDER, file_choice_error, validation_answer
+from ._common import SCHEDULE_FOLDER, file_choice_error, report_output, validation_answer
 
 ANY_SAMPLER = "any"
 
@@ -102,7 +102,7 @@ class LD3LoadSigmas(io.ComfyNode):
             raise _missing_schedule(schedule_file, gone=True)
         wanted = None if sampler_name in (ANY_SAMPLER, "", None) else sampler_name
         loaded = load_for_model(load_schedule(path), schedule_file, model, wanted, steps, denoise)
-        return io.NodeOutput(loaded.sigmas, loaded.model, loaded.report, ui=ui.PreviewText(loaded.report))
+        return report_output(loaded.sigmas, loaded.model, report=loaded.report)
 
 
 def _missing_schedule(schedule_file: str | None, gone: bool = False):

@@ -4,7 +4,7 @@ import logging
 
 import comfy.sample
 import comfy.samplers
-from comfy_api.latest import io, ui
+from comfy_api.latest import io
 
 from ..ld3_core.comfy_adapter import Conditioning
 from ..ld3_core.schedule_file import validate_schedule_name
@@ -21,6 +21,7 @@ from ._common import (
     Teacher,
     TeacherBundle,
     file_choice_error,
+    report_output,
     save_teacher_file,
     teacher_dir,
     teacher_files,
@@ -194,7 +195,7 @@ class LD3GenerateTeacher(io.ComfyNode):
         logging.info("LD3: %s", report.replace("\n", "\nLD3: "))
         if warning := self_error_warning(data.info):
             logging.warning("LD3: %s", warning)
-        return io.NodeOutput(TeacherBundle(data, conditionings), report, ui=ui.PreviewText(report))
+        return report_output(TeacherBundle(data, conditionings), report=report)
 
 
 class LD3LoadTeacher(io.ComfyNode):

@@ -2,7 +2,7 @@
 
 import logging
 
-from comfy_api.latest import io, ui
+from comfy_api.latest import io
 
 from ..ld3_core.api import candidate_schedules, check_teacher, learn_schedule, schedule_to_beat
 from ..ld3_core.errors import LD3InputError
@@ -18,6 +18,7 @@ from ._common import (
     Teacher,
     TeacherBundle,
     lpips_weights_path,
+    report_output,
     schedule_dir,
     stack_images,
     versions,
@@ -232,7 +233,7 @@ class LD3TrainSigmas(io.ComfyNode):
         patched = patch_model(model, output, sampler_name)
         candidates = candidate_schedules(model, steps, sampler_name)
         plot = stack_images([_loss_plot(result, loss), _schedule_plot(result, candidates, decoupled_times)])
-        return io.NodeOutput(output.step_sigmas.clone(), patched, plot, report, ui=ui.PreviewText(report))
+        return report_output(output.step_sigmas.clone(), patched, plot, report=report)
 
 
 class _ScheduleSaver:

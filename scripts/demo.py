@@ -83,9 +83,9 @@ def demo_graph(nfes=NFES, samples: int = 50, teacher_steps: int = 20, prefix: st
 
 def parse_report(text: str) -> list[dict]:
     """Rows of LD3 Compare Sigmas' text report as dicts (schedule, steps, rmse_mean, rmse_sd, vs_best_builtin)."""
-    lines = text.strip().splitlines()
-    header = lines[1].split()
-    return [dict(zip(header, line.split())) for line in lines[2:] if line.strip()]
+    lines = [line for line in text.strip().splitlines()[1:] if line.strip() and not line.startswith("```")]
+    header = lines[0].split()
+    return [dict(zip(header, line.split())) for line in lines[1:]]
 
 
 def summary_line(nfe: int, rows: list[dict]) -> str:

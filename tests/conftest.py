@@ -221,7 +221,12 @@ class ComfyServer:
                                 return prompt_id
 
         prompt_id = asyncio.run(asyncio.wait_for(listen(), timeout))
-        entry = self.get_json(f"/history/{prompt_id}")[prompt_id]
+        deadline = time.monotonic() + 30
+        while (history := self.get_json(f"/history/{prompt_id}")).get(prompt_id) is None:
+            if time.monotonic() > deadline:  # the websocket said done before /history has the entry
+                raise AssertionError(f"prompt {prompt_id} finished but is not in /history")
+            time.sleep(0.05)
+        entry = history[prompt_id]
         if entry["status"].get("status_str") != "success":
             raise AssertionError(
                 f"prompt failed: {json.dumps(entry['status'], indent=1)}\n{log_tail(self.log_path)}"

@@ -201,8 +201,14 @@ def test_pipeline_trains_saves_compares_and_samples(comfy_server, schedule_names
     }
     graph["show_custom"] = {"class_type": "PreviewAny", "inputs": {"source": ["custom", 0]}}
     graph["show_ksampler"] = {"class_type": "PreviewAny", "inputs": {"source": ["ksampler", 0]}}
-    entry = comfy_server.run_prompt(graph)
+    entry, texts = comfy_server.run_prompt_with_node_texts(graph)
     outputs = entry["outputs"]
+    # The verdict and the teacher's report are shown on the nodes themselves (the frontend's node text),
+    # line by line; their STRING outputs are the same text as Markdown paragraphs (PreviewAny renders it).
+    shown_on = {node: text for node, text in texts}
+    assert shown_on["train"].startswith(f"LD3 {SAMPLER} {STEPS} steps: "), texts
+    assert shown_on["teacher"].startswith("LD3 teacher: ") and "Teacher error: RMSE" in shown_on["teacher"]
+    assert outputs["train"]["text"][0] == shown_on["train"].replace("\n", "\n\n")
 
     record = load_schedule(SCHEDULE_DIR / f"{name}.safetensors")
     assert record.steps == STEPS and record.sampler == SAMPLER and record.loss == "l2"
@@ -362,9 +368,11 @@ def test_load_sigmas_checks_sampler_model_and_steps(comfy_server, schedule_names
     said = [text for node, text in texts if node == "ksampler"]
     assert any(f"learned for the {SAMPLER} sampler" in t and "sampled with euler" in t for t in said), texts
     assert f"set sampler_name to {SAMPLER}" in comfy_server.log()
-    # ... and the trained sampler (and steps) sample without a word.
-    _, texts = comfy_server.run_prompt_with_node_texts(load_graph(sampler_name=SAMPLER, steps=0))
+    # ... and the trained sampler (and steps) sample without a word; LD3 Load Sigmas shows its report on
+    # itself (steps given explicitly: other inputs than the runs above, so the node runs, not cached).
+    _, texts = comfy_server.run_prompt_with_node_texts(load_graph(sampler_name=SAMPLER, steps=STEPS))
     assert not [t for node, t in texts if node == "ksampler" and "LD3" in t], texts
+    assert [t for node, t in texts if node == "load" and t.startswith(f"LD3 schedule '{file}'")], texts
     # KSampler with another step count than trained: the ld3 scheduler resamples and says so there too.
     steps_off = load_graph(sampler_name=SAMPLER, steps=0)
     steps_off["ksampler"]["inputs"]["steps"] = STEPS + 2
@@ -688,7 +696,7 @@ def test_published_node_ids_and_inputs(ld3_node_classes):
             "vae",
             "recipe",
         ],
-        "LD3LoadSigmas": ["model", "schedule_file", "sampler_name", "steps"],
+        "LD3LoadSigmas": ["model", "schedule_file", "sampler_name", "steps", "denoise"],
         "LD3LoadTeacher": ["teacher_file", "positive", "negative", "positive_2", "positive_3", "positive_4"],
         "LD3CompareSigmas": [
             "model",
@@ -721,6 +729,7 @@ def test_published_node_ids_and_inputs(ld3_node_classes):
         "vae",
         "sampler_name",
         "steps",
+        "denoise",
         "sigmas_2",
         "sigmas_3",
         "sigmas_4",

@@ -21,7 +21,7 @@ def test_report_reaches_the_api_output_and_the_saved_file(comfy_server):
     report = outputs["show"]["text"][0]
     # The same text is the node's own UI output (what the canvas is sent) and its STRING output.
     assert outputs["teacher"]["text"] == [report]
-    lines = report.splitlines()
+    lines = [line for line in report.splitlines() if line]  # Markdown paragraphs: one blank line between
     assert lines[0] == "LD3 teacher: dpmpp_2m, 10 steps, scheduler beta (chosen by auto)."
     assert lines[1].startswith("Teacher error: RMSE ") and "against a 50-step re-solve" in lines[1]
     assert lines[2].startswith("Few-step error of the same sampler and scheduler (RMSE to the re-solve): 4 ")
