@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import statistics
 import sys
@@ -47,6 +48,7 @@ def _run(job: tuple[str, int, list[str], list[int], dict]) -> list[dict]:
     from ld3_core.losses import make_loss
     from ld3_core.schedule import Schedule
     from ld3_core.teacher import TeacherData
+    from ld3_core.trainer import LD3TrainingError
 
     name, seed, samplers, nfes, settings = job
     bm = quality._model(name)
@@ -77,7 +79,23 @@ def _run(job: tuple[str, int, list[str], list[int], dict]) -> list[dict]:
                     )
                 config = quality.train_config(name, steps, recipe, **{"seed": seed, **fields})
                 started = time.perf_counter()
-                result = api.learn_schedule(bm.patcher, data, [bm.cond], sampler, config, make_loss("l2"))
+                try:
+                    result = api.learn_schedule(bm.patcher, data, [bm.cond], sampler, config, make_loss("l2"))
+                except LD3TrainingError as exc:  # counted as a failure of the setting, the rest goes on
+                    print(f"{label} {name} {sampler} NFE {nfe} seed {seed}: failed: {exc}", flush=True)
+                    rows.append(
+                        {
+                            "model": name,
+                            "sampler": sampler,
+                            "nfe": nfe,
+                            "seed": seed,
+                            "setting": label,
+                            "ratio": None,
+                            "failed": str(exc),
+                            "seconds": time.perf_counter() - started,
+                        }
+                    )
+                    continue
                 seconds = time.perf_counter() - started
                 stats = quality._heldout(bm, sampler, result.output_schedule, noise, ref)
                 rows.append(
@@ -108,7 +126,11 @@ def summarise(rows: list[dict], labels: list[str]) -> str:
         }
     cells: dict[tuple, dict[str, list[float]]] = {}
     seconds: dict[str, list[float]] = {}
+    failed: dict[str, int] = {}
     for row in rows:
+        if row["ratio"] is None:
+            failed[row["setting"]] = failed.get(row["setting"], 0) + 1
+            continue
         key = (row["model"], row["sampler"], row["nfe"])
         cells.setdefault(key, {}).setdefault(row["setting"], []).append(row["ratio"])
         seconds.setdefault(row["setting"], []).append(row["seconds"])
@@ -119,7 +141,7 @@ def summarise(rows: list[dict], labels: list[str]) -> str:
     means: dict[str, list[float]] = {label: [] for label in labels}
     shares: dict[str, list[float]] = {label: [] for label in labels}
     for key in sorted(cells):
-        values = [statistics.mean(cells[key][label]) for label in labels]
+        values = [statistics.mean(cells[key].get(label, [math.nan])) for label in labels]
         optimum = optima.get(key)
         texts = []
         for label, value in zip(labels, values, strict=True):
@@ -141,6 +163,8 @@ def summarise(rows: list[dict], labels: list[str]) -> str:
         if shares[label]:
             s = shares[label]
             text += f"; share: mean {statistics.mean(s):.0%}, min {min(s):.0%}, >= 80% in {sum(x >= 0.8 for x in s)}/{len(s)}"
+        if failed.get(label):
+            text += f"; FAILED runs (not in the means): {failed[label]}"
         lines.append(text)
     return "\n".join(lines)
 
