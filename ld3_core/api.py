@@ -6,7 +6,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -19,7 +19,7 @@ from .resample import resample_log_linear
 from .schedule import Schedule
 from .schedule_file import ScheduleRecord, load_schedule
 from .solvers import check_sampler
-from .teacher import TeacherData, schedule_sigmas
+from .teacher import TeacherData, is_flow, schedule_sigmas
 from .teacher_check import teacher_error_warning
 from .trainer import Loss, Progress, TrainConfig, TrainResult, train_schedule
 
@@ -146,6 +146,7 @@ def learn_schedule(
     candidates = candidate_schedules(model_patcher, config.steps, sampler)
     model_sampling = model_patcher.get_model_object("model_sampling")
     sigma_range = (float(model_sampling.sigma_min), float(model_sampling.sigma_max))
+    config = config_for_model(config, model_patcher)
     # ComfyUI runs every prompt under inference mode: training needs autograd back.
     with (
         out_of_memory_guard(f"training the {sampler} schedule"),
@@ -172,6 +173,14 @@ def learn_schedule(
     if note := exact_ratio_note(teacher.info, result, loss):
         result.notes.append(note)
     return result
+
+
+def config_for_model(config: TrainConfig, model_patcher) -> TrainConfig:
+    """``config`` with what it leaves to the model decided: the first step is free on flow models only
+    (``TrainConfig.pin_first``)."""
+    if config.pin_first is not None:
+        return config
+    return replace(config, pin_first=not is_flow(model_patcher.get_model_object("model_sampling")))
 
 
 def exact_ratio_note(teacher_info: dict, result: TrainResult, loss: Loss) -> str | None:

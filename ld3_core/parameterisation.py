@@ -80,6 +80,7 @@ class ScheduleParameters:
         freedom: str = "full",
         sigma_range: tuple[float, float] | None = None,
         first_offset: float = 0.0,
+        pin_first: bool = False,
     ):
         """Start at ``start`` (step sigmas [N+1], or a whole schedule); ``first_offset`` nudges m_0 and u_0.
 
@@ -92,6 +93,7 @@ class ScheduleParameters:
             start = Schedule.plain(start)
         step_sigmas = start.step_sigmas.detach().float()
         self.freedom = freedom
+        self.pin_first = pin_first
         self.sigma_max = float(step_sigmas[0])
         low, high = sigma_range if sigma_range is not None else (float(step_sigmas[-2]), self.sigma_max)
         self.log_range = (math.log(low), math.log(high))
@@ -99,7 +101,9 @@ class ScheduleParameters:
         log_s = step_sigmas[:-1].log()
         model_offsets = start.model_sigmas.detach().float().log() - log_s
         scale_offsets = start.scale_sigmas.detach().float().log() - log_s
-        if freedom == "full":
+        if freedom == "full" and pin_first:
+            model_offsets[0] = scale_offsets[0] = 0.0
+        elif freedom == "full":
             model_offsets[0] += first_offset
             scale_offsets[0] += first_offset
         else:
@@ -148,6 +152,8 @@ class ScheduleParameters:
         log_s = sigmas_from_logits(self.step_logits, self.sigma_max)[:-1].log()
         for offsets in (self.model_offsets, self.scale_offsets):
             offsets.copy_(torch.maximum(torch.minimum(offsets, high - log_s), low - log_s))
+            if self.pin_first:
+                offsets[0] = 0.0
 
 
 def ball_radius(gamma: float, dims: int, nfe: int) -> float:

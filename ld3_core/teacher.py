@@ -146,13 +146,16 @@ def teacher_schedulers() -> list[str]:
     return [AUTO] + [name for name in comfy.samplers.SCHEDULER_NAMES if name != LEARNED_SCHEDULER]
 
 
-def reference_scheduler(model_sampling) -> str:
-    """The scheduler ``auto`` picks for a model: the most accurate 20-step teacher for its sampling type."""
+def is_flow(model_sampling) -> bool:
+    """Whether the model samples a flow (ComfyUI's CONST: SD3, Flux, ...), where sigma_max = 1 is pure noise."""
     import comfy.model_sampling
 
-    if isinstance(model_sampling, comfy.model_sampling.CONST):
-        return FLOW_REFERENCE_SCHEDULER
-    return DIFFUSION_REFERENCE_SCHEDULER
+    return isinstance(model_sampling, comfy.model_sampling.CONST)
+
+
+def reference_scheduler(model_sampling) -> str:
+    """The scheduler ``auto`` picks for a model: the most accurate 20-step teacher for its sampling type."""
+    return FLOW_REFERENCE_SCHEDULER if is_flow(model_sampling) else DIFFUSION_REFERENCE_SCHEDULER
 
 
 def resolve_scheduler(model_patcher, scheduler: str) -> str:

@@ -238,3 +238,20 @@ def test_full_freedom_stays_inside_the_model_range_with_finite_gradients(logits,
     (schedule.model_sigmas.sum() + schedule.scale_sigmas.log().sum()).backward()
     for p in (params.step_logits, params.model_offsets, params.scale_offsets):
         assert torch.isfinite(p.grad).all()
+
+
+def test_a_pinned_first_step_stays_at_the_step_sigma_while_the_rest_moves():
+    start = karras_to_zero(SIGMA_MAX, 4).float()
+    params = ScheduleParameters(start, "full", (0.03, SIGMA_MAX), first_offset=-0.3, pin_first=True)
+    optimizer = torch.optim.Adam(params.offset_parameters(), lr=0.1)
+    for _ in range(5):
+        schedule = params.schedule()
+        loss = (schedule.model_sigmas.log().sum() - 3 * schedule.scale_sigmas.log().sum()) ** 2
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        params.project()
+    schedule = params.schedule()
+    assert schedule.model_sigmas[0].item() == pytest.approx(SIGMA_MAX, rel=1e-6)
+    assert schedule.scale_sigmas[0].item() == pytest.approx(SIGMA_MAX, rel=1e-6)
+    assert not torch.allclose(schedule.model_sigmas[1:], schedule.step_sigmas[1:-1])
