@@ -3,7 +3,8 @@
 ComfyUI calls a scheduler as ``handler(model_sampling, steps)`` with the MODEL's (patched)
 model_sampling, which is where an LD3 patch keeps its schedule. A different step count than the one
 trained is resampled log-linearly (``resample_log_linear``) with a warning: a learned schedule belongs
-to one step count, but a smooth resample of it is still a reasonable schedule. KSampler asks for one
+to one step count, but a smooth resample of it is still a reasonable schedule. KSampler's denoise works
+through that too: it asks for steps / denoise steps and keeps the last ones, as with every scheduler. KSampler asks for one
 step more and drops the penultimate sigma for a few samplers (dpm_2, uni_pc, ...); that request is
 recognised and answered so that the dropped sigma is a duplicate and the learned schedule survives.
 """
@@ -40,8 +41,9 @@ def ld3_scheduler(model_sampling, steps: int) -> torch.Tensor:
         return torch.cat([sigmas[:-1], sigmas[-2:-1], sigmas[-1:]])
     notify_user(
         f"LD3: the schedule was learned for {trained} steps ({schedule.get('sampler')}); the ld3 scheduler "
-        f"resamples it log-linearly to {steps} steps. Set steps to {trained}, or train a schedule for {steps} "
-        "steps, for the best results."
+        f"resamples it log-linearly to {steps} steps. With denoise below 1 this is expected: KSampler asks "
+        "every scheduler for steps / denoise steps and samples the last ones. Otherwise set steps to "
+        f"{trained}, or train a schedule for {steps} steps, for the best results."
     )
     return resample_log_linear(sigmas, steps)
 
