@@ -14,7 +14,8 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..ld3_core.comfy_adapter import Conditioning
-from ..ld3_core.comfy_ui import as_markdown, show_on_node
+from ..ld3_core.comfy_requirements import check_at_load
+from ..ld3_core.comfy_ui import as_markdown, set_node_text_sink, show_on_node
 from ..ld3_core.errors import LD3InputError
 from ..ld3_core.schedule_file import atomic_write, default_versions
 from ..ld3_core.scheduler import register_ld3_scheduler
@@ -51,8 +52,24 @@ def report_output(*outputs, report: str) -> io.NodeOutput:
     return io.NodeOutput(*outputs, text, ui=ui.PreviewText(text))
 
 
+def _show_on_executing_node(text: str) -> bool:
+    """ComfyUI's progress text on the node being executed (the frontend shows it on the node)."""
+    from comfy_execution.utils import get_executing_context
+    from server import PromptServer
+
+    context = get_executing_context()
+    server = getattr(PromptServer, "instance", None)
+    if context is None or server is None:
+        return False
+    server.send_progress_text(text, context.node_id)
+    return True
+
+
 def register_pack() -> None:
-    """Register the ``ld3`` KSampler scheduler and the ``ld3`` / ``lpips`` model folders (idempotent)."""
+    """Register the ``ld3`` KSampler scheduler and the ``ld3`` / ``lpips`` model folders (idempotent); log
+    one line if this ComfyUI lacks an internal the pack relies on."""
+    check_at_load()
+    set_node_text_sink(_show_on_executing_node)
     register_ld3_scheduler()
     for name in (SCHEDULE_FOLDER, LPIPS_FOLDER):
         folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name))
