@@ -79,32 +79,20 @@ def _run(job: tuple[str, int, list[str], list[int], dict]) -> list[dict]:
                     )
                 config = quality.train_config(name, steps, recipe, **{"seed": seed, **fields})
                 started = time.perf_counter()
+                row = {"model": name, "sampler": sampler, "nfe": nfe, "seed": seed, "setting": label}
                 try:
                     result = api.learn_schedule(bm.patcher, data, [bm.cond], sampler, config, make_loss("l2"))
                 except LD3TrainingError as exc:  # counted as a failure of the setting, the rest goes on
                     print(f"{label} {name} {sampler} NFE {nfe} seed {seed}: failed: {exc}", flush=True)
                     rows.append(
-                        {
-                            "model": name,
-                            "sampler": sampler,
-                            "nfe": nfe,
-                            "seed": seed,
-                            "setting": label,
-                            "ratio": None,
-                            "failed": str(exc),
-                            "seconds": time.perf_counter() - started,
-                        }
+                        {**row, "ratio": None, "failed": str(exc), "seconds": time.perf_counter() - started}
                     )
                     continue
                 seconds = time.perf_counter() - started
                 stats = quality._heldout(bm, sampler, result.output_schedule, noise, ref)
                 rows.append(
                     {
-                        "model": name,
-                        "sampler": sampler,
-                        "nfe": nfe,
-                        "seed": seed,
-                        "setting": label,
+                        **row,
                         "ratio": stats["error"] / best,
                         "flip_rate": stats.get("flip_rate"),
                         "validation_curve": result.validation_curve,
