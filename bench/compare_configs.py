@@ -129,10 +129,13 @@ def summarise(rows: list[dict], labels: list[str]) -> str:
     means: dict[str, list[float]] = {label: [] for label in labels}
     shares: dict[str, list[float]] = {label: [] for label in labels}
     for key in sorted(cells):
-        values = [statistics.mean(cells[key].get(label, [math.nan])) for label in labels]
         optimum = optima.get(key)
         texts = []
-        for label, value in zip(labels, values, strict=True):
+        for label in labels:
+            if label not in cells[key]:  # every run of this setting failed here: not in its means
+                texts.append("failed")
+                continue
+            value = statistics.mean(cells[key][label])
             means[label].append(value)
             text = f"{value:.3f}"
             if optimum is not None:
@@ -143,10 +146,13 @@ def summarise(rows: list[dict], labels: list[str]) -> str:
         lines.append(f"{key[0]} {key[1]} NFE {key[2]} | {opt} | " + " | ".join(texts))
     for label in labels:
         v = means[label]
+        if not v:
+            lines.append(f"{label}: every run failed ({failed.get(label, 0)})")
+            continue
         text = (
             f"{label}: mean {statistics.mean(v):.3f}, median {statistics.median(v):.3f}, worst {max(v):.3f}, "
             f"beats the best built-in in {sum(x < 1 for x in v)}/{len(v)}; "
-            f"mean training time {statistics.mean(seconds[label]):.1f} s"
+            f"mean training time {statistics.mean(seconds.get(label, [math.nan])):.1f} s; cells {len(v)}"
         )
         if shares[label]:
             s = shares[label]

@@ -321,7 +321,7 @@ def run_job(job: tuple[str, int, list[Cell]]) -> list[dict]:
                     "validation_curve": result.validation_curve,
                     "verdict": verdict,
                     "schedule": [t.tolist() for t in result.schedule.tensors()],
-                    "config": asdict(config),
+                    "config": asdict(api.config_for_model(config, bm.patcher)),  # as trained
                     "loss": spec["loss"],
                     "teacher_scheduler": _data(name, seed).get("teacher_scheduler"),
                 }

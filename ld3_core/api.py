@@ -337,8 +337,10 @@ def load_for_model(
     if denoise < 1.0:
         count = sigmas.numel() - 1
         kept = max(0, round(count * denoise))
-        sigmas = sigmas[-(kept + 1) :]
-        start = f"from sigma {float(sigmas[0]):.4g}" if kept else "nothing to sample"
+        # No step left: empty SIGMAS, which ComfyUI's samplers answer with the latent untouched (as
+        # AlignYourSteps gives for denoise 0).
+        sigmas = sigmas[-(kept + 1) :] if kept else sigmas[:0]
+        start = f"from sigma {float(sigmas[0]):.4g}" if kept else "nothing to sample (the latent as it is)"
         lines.append(f"denoise {denoise:g}: the last {kept} of its {count} steps, {start}.")
     for line in lines[1:]:
         if line.startswith("Warning"):

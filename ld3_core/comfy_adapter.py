@@ -23,7 +23,6 @@ Here, and only here, we:
 
 from __future__ import annotations
 
-import logging
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ import torch
 import torch.utils.checkpoint
 
 from . import model_patch, solvers
+from .errors import LD3InputError
 from .schedule import Schedule
 
 
@@ -107,9 +107,11 @@ def training_mode(enabled: bool = True) -> Iterator[None]:
 def static_model(model_patcher):
     """The model with its weights loaded whole (not streamed per op), for differentiable sampling.
 
-    Returns ``model_patcher`` itself on a ComfyUI without Dynamic VRAM, or when it is off. Where the
-    static delegate cannot be made (a model from a loader that did not register how to load it again),
-    the dynamic model is used as it is: ComfyUI casts its weights per op, which autograd passes through.
+    Returns ``model_patcher`` itself on a ComfyUI without Dynamic VRAM, or when it is off. ComfyUI makes
+    the static delegate by loading the model again (a second copy in memory while it is cached). Where it
+    cannot (a model from a loader that did not register how to load it again), training is refused:
+    streamed weights are cast into buffers that later ops reuse, so a backward through them could read
+    overwritten weights and compute wrong gradients.
     """
     is_dynamic = getattr(model_patcher, "is_dynamic", None)
     delegate = getattr(model_patcher, "get_non_dynamic_delegate", None)
@@ -117,13 +119,15 @@ def static_model(model_patcher):
         return model_patcher
     try:
         return delegate()
-    except RuntimeError as exc:
-        logging.getLogger(__name__).warning(
-            "LD3: training on ComfyUI's dynamically loaded model (no static copy: %s). If training fails or "
-            "is slow, start ComfyUI with --disable-dynamic-vram.",
-            exc,
-        )
-        return model_patcher
+    except Exception as exc:  # noqa: BLE001 - any failure to make the copy means: do not train on streaming
+        raise LD3InputError(
+            "model",
+            "this MODEL is loaded with ComfyUI's Dynamic VRAM and ComfyUI could not make the static copy "
+            f"training needs ({type(exc).__name__}: {exc}); a backward through streamed weights could give "
+            "wrong gradients",
+            "Start ComfyUI with --disable-dynamic-vram, or load the model with a core loader (Load "
+            "Checkpoint, Load Diffusion Model)",
+        ) from exc
 
 
 def _prepare_sampling_wrapper(executor, model, *args, **kwargs):

@@ -110,10 +110,17 @@ def ld3_model_sampling(base, knots=None, schedule: dict | None = None):
 def patch_model(model_patcher, schedule: Schedule | None = None, sampler: str | None = None):
     """Clone a ModelPatcher with the LD3 model_sampling patch (and a learned schedule, if given).
 
-    A MODEL that carries a schedule learned for a sampler also checks, each time it is sampled, that the
-    sampler is that one (``check_sampler_wrapper``).
+    A MODEL that carries a schedule chosen for a sampler (learned, or the built-in the verdict handed
+    back) also checks, each time it is sampled, that the sampler is that one (``check_sampler_wrapper``);
+    the wrappers of an earlier LD3 patch of ``model_patcher`` are dropped.
     """
+    import comfy.patcher_extension as pe
+
     patched = model_patcher.clone()
+    # A MODEL patched before (an LD3 MODEL patched again) carries our wrappers: drop them, so only this
+    # schedule's check (and, for training, one recompute wrapper) applies.
+    for kind in (pe.WrappersMP.SAMPLER_SAMPLE, pe.WrappersMP.APPLY_MODEL, pe.WrappersMP.PREPARE_SAMPLING):
+        patched.remove_wrappers_with_key(kind, LD3_KEY)
     base = model_patcher.get_model_object("model_sampling")
     knots, carried = None, None
     if schedule is not None:
@@ -122,8 +129,6 @@ def patch_model(model_patcher, schedule: Schedule | None = None, sampler: str | 
         carried = {"schedule": schedule, "sampler": sampler, "steps": schedule.steps}
     patched.add_object_patch("model_sampling", ld3_model_sampling(base, knots, carried))
     if schedule is not None and sampler:
-        import comfy.patcher_extension as pe
-
         check = partial(check_sampler_wrapper, sampler, schedule.steps)
         patched.add_wrapper_with_key(pe.WrappersMP.SAMPLER_SAMPLE, LD3_KEY, check)
     return patched
@@ -154,7 +159,7 @@ def check_sampler_wrapper(trained: str, steps: int, executor, *args, **kwargs):
     used = _sampler_names().get(function)
     if used is not None and function is not _trained_function(trained):
         notify_user(
-            f"LD3: this MODEL carries a schedule learned for the {trained} sampler ({steps} steps), but it is "
+            f"LD3: this MODEL carries a schedule chosen for the {trained} sampler ({steps} steps), but it is "
             f"sampled with {used}. A learned schedule fits the sampler it was trained with (with another one "
             f"it can be worse than a built-in scheduler): set sampler_name to {trained}, or train a schedule "
             f"for {used}."

@@ -62,7 +62,7 @@ class TrainConfig:
     lr_steps: float = 0.03  # step logits
     lr_offsets: float | None = None  # log-sigma offsets; None: 0.015 (adam) / 0.01 / NFE (rmsprop)
     lr_noise: float | None = None  # SGD on x'_T; None -> 12 / NFE
-    first_offset: float = -0.02  # m_0 and u_0 start this far below sigma_max (log units; "full")
+    first_offset: float = -0.02  # m_0 and u_0 start this far below sigma_max (log units; "full", not pinned)
     # Decoupled weight decay of the log(m/s), log(u/s) offsets (adam): a move away from what the step
     # sigma says must keep paying for itself. On the benchmark's mixtures it took the worst cell from
     # 0.51 to 0.37 of the best built-in (a schedule that flipped held-out samples no training sample

@@ -57,6 +57,11 @@ class Verdict:
             )
         if self.ratio < 1:
             why = f"it was {self.ratio:.2f}x on validation, {evidence}: not a significant gain"
+        elif wins > self.samples / 2:
+            why = (
+                f"it was {self.ratio:.2f}x on validation: better on {wins}/{self.samples} samples but worse on "
+                "average (a few samples much worse)"
+            )
         else:
             why = f"it was {self.ratio:.2f}x on validation ({evidence})"
         return (

@@ -364,10 +364,11 @@ def test_load_sigmas_checks_sampler_model_and_steps(comfy_server, schedule_names
     # KSampler node (the frontend shows the text there) and in the log.
     mismatch = load_graph(sampler_name=SAMPLER, steps=0)
     mismatch["ksampler"]["inputs"]["sampler_name"] = "euler"
+    log_start = len(comfy_server.log())
     _, texts = comfy_server.run_prompt_with_node_texts(mismatch)
     said = [text for node, text in texts if node == "ksampler"]
-    assert any(f"learned for the {SAMPLER} sampler" in t and "sampled with euler" in t for t in said), texts
-    assert f"set sampler_name to {SAMPLER}" in comfy_server.log()
+    assert any(f"chosen for the {SAMPLER} sampler" in t and "sampled with euler" in t for t in said), texts
+    assert f"set sampler_name to {SAMPLER}" in comfy_server.log()[log_start:]
     # ... and the trained sampler (and steps) sample without a word; LD3 Load Sigmas shows its report on
     # itself (steps given explicitly: other inputs than the runs above, so the node runs, not cached).
     _, texts = comfy_server.run_prompt_with_node_texts(load_graph(sampler_name=SAMPLER, steps=STEPS))
@@ -395,6 +396,9 @@ def test_load_sigmas_checks_sampler_model_and_steps(comfy_server, schedule_names
     full = tensor_values(comfy_server.run_prompt(load_graph(steps=6))["outputs"]["show"]["text"][0])
     assert len(tail) == 4 and tail == pytest.approx(full[-4:], rel=1e-3, abs=5e-5)
     assert "denoise 0.5: the last 3 of its 6 steps" in outputs["load"]["text"][0]
+    outputs = comfy_server.run_prompt(load_graph(steps=6, denoise=0.05))["outputs"]
+    assert "[]" in outputs["show"]["text"][0]  # no step left: empty SIGMAS, the latent as it is
+    assert "denoise 0.05: the last 0 of its 6 steps, nothing to sample" in outputs["load"]["text"][0]
 
     # Another model of the same kind: a warning naming both, and it goes on.
     outputs = comfy_server.run_prompt(load_graph(model_seed=1))["outputs"]
