@@ -9,6 +9,9 @@ from comfy_api.latest import ComfyExtension, io
 
 from .nodes import NODE_CLASSES
 
+# The frontend extension (web/ld3.js): loads workflows saved with an earlier layout of the nodes' widgets.
+WEB_DIRECTORY = "./web"
+
 
 class LD3Extension(ComfyExtension):
     """The pack's node list, handed to ComfyUI's custom-node loader."""

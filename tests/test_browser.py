@@ -115,3 +115,43 @@ def test_workflow_opens_in_the_frontend(frontend, comfy_server, name):
 
     prompt = page.evaluate("async () => JSON.stringify((await app.graphToPrompt()).output)")
     assert json.loads(prompt) == load_api(name), "graphToPrompt differs from the API twin"
+
+
+SEED_WIDGETS_JS = PACK_ROOT / "web" / "ld3.js"
+
+
+def _seed_layouts() -> dict[str, tuple[int, int]]:
+    """web/ld3.js's table: node type -> (index of the seed among its widget values, how many there are)."""
+    import re
+
+    text = SEED_WIDGETS_JS.read_text()
+    return {m[0]: (int(m[1]), int(m[2])) for m in re.findall(r"(LD3\w+): \[(\d+), (\d+)\]", text)}
+
+
+def test_the_seed_layouts_match_the_node_definitions(comfy_server):
+    info = comfy_server.object_info()
+    layouts = _seed_layouts()
+    assert set(layouts) == {"LD3DemoModel", "LD3GenerateTeacher", "LD3TrainSigmas"}
+    for node_type, (seed, count) in layouts.items():
+        names = [w.name for w in widgets(info[node_type])]
+        assert names.index("seed") == seed and len(names) == count, (node_type, names)
+
+
+@pytest.mark.slow
+def test_a_workflow_saved_with_the_old_seed_widgets_loads_its_values(frontend):
+    """Workflows saved before the seeds lost their 'control after generate' widget store one more value
+    after each seed; web/ld3.js drops it so every later value lands in its own widget."""
+    page = frontend
+    current = load_ui("ld3_demo")
+    old = json.loads(json.dumps(current))
+    layouts = _seed_layouts()
+    for node in old["nodes"]:
+        if node["type"] in layouts:
+            node["widgets_values"].insert(layouts[node["type"]][0] + 1, "randomize")
+    page.errors.clear()
+    page.evaluate("async (wf) => { await app.loadGraphData(wf); }", old)
+    page.wait_for_timeout(300)
+    state = {str(n["id"]): n for n in page.evaluate(NODE_STATE_JS)}
+    for node in current["nodes"]:
+        assert state[str(node["id"])]["values"] == (node.get("widgets_values") or []), node["type"]
+    assert not page.errors, page.errors
