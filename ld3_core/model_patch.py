@@ -101,7 +101,7 @@ def ld3_model_sampling(base, knots=None, schedule: dict | None = None):
     discrete = _uses_argmin_timestep(base)
     object.__setattr__(patched, "_ld3_discrete", discrete)
     table = base.log_sigmas.detach().clone() if discrete else None
-    object.__setattr__(patched, "_ld3_tables", {table.device: table} if discrete else {})
+    object.__setattr__(patched, "_ld3_tables", {table.device: table} if table is not None else {})
     object.__setattr__(patched, "ld3_knots", knots)
     object.__setattr__(patched, "ld3_schedule", schedule)
     return patched
@@ -135,17 +135,26 @@ def patch_model(model_patcher, schedule: Schedule | None = None, sampler: str | 
 
 
 @cache
+def _sampler_function(name: str):
+    """The function ComfyUI's sampler ``name`` runs, or None if ComfyUI cannot build it here."""
+    import comfy.samplers
+
+    try:
+        return comfy.samplers.sampler_object(name).sampler_function
+    except Exception:  # noqa: BLE001 - a sampler ComfyUI cannot build matches nothing
+        return None
+
+
+@cache
 def _sampler_names() -> dict:
     """ComfyUI's sampler functions by identity -> sampler name (the first name that gives each)."""
     import comfy.samplers
 
     names = {}
     for name in comfy.samplers.SAMPLER_NAMES:
-        try:
-            function = comfy.samplers.sampler_object(name).sampler_function
-        except Exception:  # noqa: BLE001 - a sampler ComfyUI cannot build here is simply not recognised
-            continue
-        names.setdefault(function, name)
+        function = _sampler_function(name)
+        if function is not None:
+            names.setdefault(function, name)
     return names
 
 
@@ -157,7 +166,7 @@ def check_sampler_wrapper(trained: str, steps: int, executor, *args, **kwargs):
     """
     function = getattr(executor.class_obj, "sampler_function", None)
     used = _sampler_names().get(function)
-    if used is not None and function is not _trained_function(trained):
+    if used is not None and function is not _sampler_function(trained):
         notify_user(
             f"LD3: this MODEL carries a schedule chosen for the {trained} sampler ({steps} steps), but it is "
             f"sampled with {used}. A learned schedule fits the sampler it was trained with (with another one "
@@ -165,16 +174,6 @@ def check_sampler_wrapper(trained: str, steps: int, executor, *args, **kwargs):
             f"for {used}."
         )
     return executor(*args, **kwargs)
-
-
-@cache
-def _trained_function(name: str):
-    import comfy.samplers
-
-    try:
-        return comfy.samplers.sampler_object(name).sampler_function
-    except Exception:  # noqa: BLE001 - an unknown name matches nothing
-        return None
 
 
 def learned_schedule(model_patcher) -> dict | None:

@@ -4,9 +4,10 @@ ComfyUI calls a scheduler as ``handler(model_sampling, steps)`` with the MODEL's
 model_sampling, which is where an LD3 patch keeps its schedule. A different step count than the one
 trained is resampled log-linearly (``resample_log_linear``) with a warning: a learned schedule belongs
 to one step count, but a smooth resample of it is still a reasonable schedule. KSampler's denoise works
-through that too: it asks for steps / denoise steps and keeps the last ones, as with every scheduler. KSampler asks for one
-step more and drops the penultimate sigma for a few samplers (dpm_2, uni_pc, ...); that request is
-recognised and answered so that the dropped sigma is a duplicate and the learned schedule survives.
+through that too: it asks for steps / denoise steps and keeps the last ones, as with every scheduler.
+KSampler asks for one step more and drops the penultimate sigma for a few samplers (dpm_2, uni_pc, ...);
+that request is recognised and answered so that the dropped sigma is a duplicate and the learned
+schedule survives.
 """
 
 from __future__ import annotations
