@@ -1,269 +1,338 @@
-"""Dependency-free charts and tables drawn with PIL, returned as ComfyUI IMAGE tensors [1, H, W, 3]."""
+"""Charts and tables drawn with matplotlib (Agg, no pyplot state), returned as ComfyUI IMAGE tensors [1, H, W, 3]."""
 
 import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-# Tableau-10: distinct hues that stay distinguishable for most colour-blind readers.
-PALETTE = (
-    (31, 119, 180),
-    (255, 127, 14),
-    (44, 160, 44),
-    (214, 39, 40),
-    (148, 103, 189),
-    (140, 86, 75),
-    (227, 119, 194),
-    (127, 127, 127),
-    (188, 189, 34),
-    (23, 190, 207),
+# How a series is drawn: the learned schedule stands out most, the reference (the best built-in) next,
+# every other series is thin and muted.
+Role = Literal["learned", "reference", "other"]
+ROLES: tuple[Role, ...] = ("learned", "reference", "other")
+DPI = 100
+_FONT_PT = 11.0
+_MARKER_LIMIT = 60  # more points than this per series: markers would only smear the line
+
+
+@dataclass(frozen=True)
+class LineStyle:
+    """How one series is drawn (matplotlib's Line2D arguments)."""
+
+    colour: str  # "#rrggbb"
+    linestyle: str  # "-", "--", ":" or "-."
+    marker: str
+    linewidth: float
+    markersize: float
+    zorder: float
+
+
+# Tableau-20 pairs (dark, light) without red, which only the learned schedule uses, and without grey,
+# whose light half is as pale as the grid.
+_MUTED_PAIRS = (
+    ("#1f77b4", "#aec7e8"),  # blue
+    ("#ff7f0e", "#ffbb78"),  # orange
+    ("#2ca02c", "#98df8a"),  # green
+    ("#9467bd", "#c5b0d5"),  # purple
+    ("#8c564b", "#c49c94"),  # brown
+    ("#e377c2", "#f7b6d2"),  # pink
+    ("#bcbd22", "#dbdb8d"),  # olive
+    ("#17becf", "#9edae5"),  # cyan
 )
-MARKERS = ("circle", "square", "triangle", "diamond")
-_BACKGROUND = (255, 255, 255)
-_INK = (30, 30, 30)
-_GRID = (225, 225, 225)
-_MARKER_LIMIT = 80  # more points than this per series: markers would only smear the line
+_LEARNED_COLOURS = ("#d10a1e", "#7a0010", "#f25c05")  # red, dark red, red-orange
+_REFERENCE_COLOURS = ("#111111", "#5c5c5c")
+_LINESTYLES = ("-", "--", ":", "-.")
+_REFERENCE_LINESTYLES = ("--", "-.", ":", "-")  # the best built-in: dashed, unlike the solid learned line
+_MARKERS = ("o", "s", "^", "v", "D", "P")
+_ROLE_DRAWING = {  # role: (linewidth, markersize, zorder); later-drawn (higher zorder) lies on top
+    "learned": (3.2, 7.0, 30.0),
+    "reference": (2.6, 6.0, 20.0),
+    "other": (1.4, 4.0, 10.0),
+}
 
 
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
-        return ImageFont.load_default()
+def series_styles(names: Sequence[str], emphasis: Mapping[str, Role] | None = None) -> dict[str, LineStyle]:
+    """The style of each named series (role from ``emphasis``, default "other"), in legend order: learned
+    series first, then the reference, then the rest, each group in the given order.
+
+    Within a role no two series share (colour, line style) up to colours x line styles of that role
+    (32 muted, 12 learned, 8 reference); markers cycle on top of that.
+    """
+    emphasis = dict(emphasis or {})
+    unknown = sorted(set(emphasis) - set(names))
+    if unknown:
+        raise ValueError(f"series_styles: emphasis names series that are not plotted: {unknown}")
+    bad = sorted(r for r in set(emphasis.values()) if r not in ROLES)
+    if bad:
+        raise ValueError(f"series_styles: unknown role(s) {bad}; use one of {ROLES}")
+    styles = {}
+    for role in ROLES:
+        group = [name for name in names if emphasis.get(name, "other") == role]
+        for k, name in enumerate(group):
+            colour, linestyle = _colour_and_linestyle(role, k)
+            width, size, zorder = _ROLE_DRAWING[role]
+            # Earlier series of a role lie on top of later ones: LD3's step sigmas above its other series.
+            styles[name] = LineStyle(
+                colour, linestyle, _MARKERS[k % len(_MARKERS)], width, size, zorder - k * 0.01
+            )
+    return styles
 
 
-def _to_image_tensor(image: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)[None]
+def _colour_and_linestyle(role: Role, k: int) -> tuple[str, str]:
+    if role == "other":
+        # Rounds of 8 hues: dark solid, light dashed, dark dotted, light dash-dot (32 distinct pairs).
+        hue, round_ = k % len(_MUTED_PAIRS), k // len(_MUTED_PAIRS)
+        return _MUTED_PAIRS[hue][round_ % 2], _LINESTYLES[round_ % len(_LINESTYLES)]
+    colours, linestyles = (
+        (_LEARNED_COLOURS, _LINESTYLES) if role == "learned" else (_REFERENCE_COLOURS, _REFERENCE_LINESTYLES)
+    )
+    # The line style changes with the colour, so that even a grey-scale print tells the series apart.
+    colour = k % len(colours)
+    return colours[colour], linestyles[(colour + k // len(colours)) % len(linestyles)]
 
 
-def _text_size(draw: ImageDraw.ImageDraw, text: str, font) -> tuple[int, int]:
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    return right - left, bottom - top
+def _new_figure(width: int, height: int) -> tuple[Figure, FigureCanvasAgg]:
+    figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, layout="constrained")
+    return figure, FigureCanvasAgg(figure)
 
 
-def _format_tick(value: float) -> str:
-    if value == 0:
-        return "0"
-    if abs(value) >= 1e4 or abs(value) < 1e-3:
-        return f"{value:.0e}"
-    return f"{value:.4g}"
+def _to_image_tensor(canvas: FigureCanvasAgg) -> torch.Tensor:
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())
+    return torch.from_numpy(rgba[..., :3].astype(np.float32) / 255.0)[None]
 
 
-def nice_ticks(low: float, high: float, target: int = 6) -> list[float]:
-    """Round tick positions (1, 2, 5 x 10^k steps) inside [low, high], about `target` of them."""
-    raw = (high - low) / max(target - 1, 1)
-    base = 10 ** math.floor(math.log10(raw))
-    best: list[float] = []
-    for step in (m * base * scale for scale in (0.1, 1, 10) for m in (1, 2, 5)):
-        first, last = math.ceil(low / step - 1e-9), math.floor(high / step + 1e-9)
-        ticks = [float(f"{k * step:.12g}") for k in range(first, last + 1)]
-        # Closest to the target count; on a tie the coarser step (fewer labels) wins.
-        if not best or abs(len(ticks) - target) <= abs(len(best) - target):
-            best = ticks
-    return best
+def _log_axis(axis, set_scale) -> None:
+    # Plain numbers (0.2, 0.3, 10) rather than mathtext powers (2 x 10^-1): quicker to read on a preview.
+    set_scale("log")
+
+    def label(value: float, _position) -> str:
+        low, high = axis.get_view_interval()
+        decades = math.log10(high / low) if low > 0 else math.inf
+        mantissa = round(value / 10 ** math.floor(math.log10(value) + 1e-9))
+        # Decades always; within two decades also 2 and 5; within one, every 1..9 (else too few labels).
+        shown = mantissa == 1 or decades <= 1.0 or (decades <= 2.0 and mantissa in (2, 5))
+        return f"{value:g}" if shown else ""
+
+    axis.set_major_formatter(FuncFormatter(label))
+    axis.set_minor_formatter(FuncFormatter(label))
 
 
-def _padded_range(values: list[float]) -> tuple[float, float]:
-    low, high = min(values), max(values)
-    if high - low < 1e-12 * max(abs(low), abs(high), 1.0):
-        pad = 0.5 * max(abs(low), 1.0)
-        return low - pad, high + pad
-    pad = 0.05 * (high - low)
-    return low - pad, high + pad
+def _finite_points(name: str, points, log: bool, flag: str = "log_y") -> list[tuple[float, float]]:
+    """The finite (x, y) points, sorted; refuses y <= 0 on a log axis (``flag``: the caller's argument)."""
+    # Non-finite points (a diverged validation) are left out rather than failing a finished run's report.
+    kept = sorted((float(x), float(y)) for x, y in points if math.isfinite(x) and math.isfinite(y))
+    bad = [y for _, y in kept if y <= 0] if log else []
+    if bad:
+        raise ValueError(
+            f"series '{name}' has a non-positive value {bad[0]:g}, which a logarithmic axis cannot show; "
+            f"plot it with {flag}=False"
+        )
+    return kept
 
 
 def line_plot(
-    series: dict[str, list[tuple[float, float]]],
+    series: Mapping[str, Sequence[tuple[float, float]]],
     title: str,
     x_label: str,
     y_label: str,
     log_y: bool = False,
-    width: int = 768,
-    height: int = 432,
+    emphasis: Mapping[str, Role] | None = None,
+    hlines: Mapping[str, float] | None = None,
+    width: int = 1000,
+    height: int = 560,
     legend: bool = True,
 ) -> torch.Tensor:
-    """Draw named (x, y) series as lines with markers, axes, ticks and a legend; IMAGE [1, H, W, 3]."""
-    clean = {}
-    for name, points in series.items():
-        # Non-finite points (a diverged validation) are left out rather than failing a finished run's report.
-        kept = [(float(x), float(y)) for x, y in points if math.isfinite(x) and math.isfinite(y)]
-        if log_y:
-            bad = [y for _, y in kept if y <= 0]
-            if bad:
-                raise ValueError(
-                    f"line_plot: series '{name}' has a non-positive value {bad[0]:g}, which a logarithmic "
-                    "y axis cannot show; plot it with log_y=False"
-                )
-        clean[name] = sorted(kept)
-    all_points = [p for points in clean.values() for p in points]
-    if not all_points:
+    """Named (x, y) series as lines, plus horizontal reference lines ``hlines`` (label: y), legend right of
+    the axes; ``emphasis`` gives series or hlines a role (see ``series_styles``). IMAGE [1, H, W, 3]."""
+    clean = {name: _finite_points(name, points, log_y) for name, points in series.items()}
+    levels = {
+        name: _finite_points(name, [(0.0, value)], log_y)
+        for name, value in (hlines or {}).items()
+        if math.isfinite(value)
+    }
+    if not any(clean.values()):
         raise ValueError(f"line_plot '{title}': no finite points to draw")
+    styles = series_styles(list(clean) + list(levels), emphasis)
 
-    image = Image.new("RGB", (width, height), _BACKGROUND)
-    draw = ImageDraw.Draw(image)
-    font, title_font = _font(13), _font(16)
-    left, right, top, bottom = 78, width - 18, 36, height - 52
-    x_low, x_high = _padded_range([x for x, _ in all_points])
-    ys = [y for _, y in all_points]
+    figure, canvas = _new_figure(width, height)
+    axes = figure.add_subplot()
+    for name, style in styles.items():
+        common = dict(
+            color=style.colour, linestyle=style.linestyle, linewidth=style.linewidth, zorder=style.zorder
+        )
+        if name in levels:
+            value = levels[name][0][1]
+            axes.axhline(value, label=f"{name} = {value:.4g}", **common)
+            continue
+        points = clean[name]
+        marker = style.marker if len(points) <= _MARKER_LIMIT else "None"
+        axes.plot(
+            [x for x, _ in points],
+            [y for _, y in points],
+            label=name,
+            marker=marker,
+            markersize=style.markersize,
+            markeredgecolor="white" if style.linewidth > 2 else style.colour,
+            markeredgewidth=0.8,
+            **common,
+        )
     if log_y:
-        y_low, y_high = _padded_range([math.log10(y) for y in ys])
-        y_ticks = _log_ticks(y_low, y_high)
-    else:
-        y_low, y_high = _padded_range(ys)
-        y_ticks = nice_ticks(y_low, y_high)
-    x_ticks = nice_ticks(x_low, x_high)
-
-    def px(x: float) -> float:
-        return left + (x - x_low) / (x_high - x_low) * (right - left)
-
-    def py(y: float) -> float:
-        value = math.log10(y) if log_y else y
-        return bottom - (value - y_low) / (y_high - y_low) * (bottom - top)
-
-    for tick in x_ticks:
-        x = px(tick)
-        draw.line([(x, top), (x, bottom)], fill=_GRID)
-        draw.line([(x, bottom), (x, bottom + 5)], fill=_INK)
-        label = _format_tick(tick)
-        w, _ = _text_size(draw, label, font)
-        draw.text((x - w / 2, bottom + 8), label, fill=_INK, font=font)
-    for tick in y_ticks:
-        y = py(10**tick if log_y else tick)
-        draw.line([(left, y), (right, y)], fill=_GRID)
-        draw.line([(left - 5, y), (left, y)], fill=_INK)
-        label = _format_tick(10**tick if log_y else tick)
-        w, h = _text_size(draw, label, font)
-        draw.text((left - 8 - w, y - h / 2 - 3), label, fill=_INK, font=font)
-    draw.rectangle([left, top, right, bottom], outline=_INK)
-
-    w, _ = _text_size(draw, title, title_font)
-    draw.text(((width - w) / 2, 8), title, fill=_INK, font=title_font)
-    w, _ = _text_size(draw, x_label, font)
-    draw.text(((left + right - w) / 2, height - 22), x_label, fill=_INK, font=font)
-    _draw_vertical_label(
-        image, y_label + (" (log scale)" if log_y else ""), font, center_y=(top + bottom) / 2
-    )
-
-    drawn = []
-    for index, points in enumerate(clean.values()):
-        colour, marker = PALETTE[index % len(PALETTE)], MARKERS[index % len(MARKERS)]
-        xy = [(px(x), py(y)) for x, y in points]
-        drawn += _densify(xy)
-        if len(xy) > 1:
-            draw.line(xy, fill=colour, width=2, joint="curve")
-        if len(xy) <= _MARKER_LIMIT:
-            for cx, cy in xy:
-                _draw_marker(draw, marker, cx, cy, 4, colour)
+        _log_axis(axes.yaxis, axes.set_yscale)
+    xs = [x for points in clean.values() for x, _ in points]
+    if all(float(x).is_integer() for x in xs):
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.grid(True, which="major", color="#dddddd", linewidth=0.8)
+    axes.grid(True, which="minor", axis="y", color="#f0f0f0", linewidth=0.6)
+    axes.set_axisbelow(True)
+    axes.set_title(title, fontsize=_FONT_PT + 2, loc="left")
+    axes.set_xlabel(x_label, fontsize=_FONT_PT)
+    axes.set_ylabel(y_label + (" (log scale)" if log_y else ""), fontsize=_FONT_PT)
+    axes.tick_params(labelsize=_FONT_PT - 1)
+    for side in ("top", "right"):
+        axes.spines[side].set_visible(False)
     if legend:
-        _draw_legend(draw, list(clean), font, (left, top, right, bottom), drawn)
-    return _to_image_tensor(image)
+        # Outside the axes, to the right: a legend can never hide data there.
+        rows = max(1, int((height - 40) / (1.95 * (_FONT_PT - 1) * DPI / 72)))
+        figure.legend(
+            loc="outside right upper",
+            fontsize=_FONT_PT - 1,
+            ncols=math.ceil(len(styles) / rows),
+            frameon=False,
+            handlelength=3.2,
+        )
+    return _to_image_tensor(canvas)
 
 
-def _log_ticks(low: float, high: float) -> list[float]:
-    """Tick exponents for a log axis over [10**low, 10**high]: decades, else 1-2-5, else 1..9 per decade."""
-    decades = list(range(math.ceil(low), math.floor(high) + 1))
-    if len(decades) >= 3:
-        step = max(1, math.ceil(len(decades) / 8))
-        return [float(d) for d in decades[::step]]
-    for mantissas in ((1, 2, 5), tuple(range(1, 10))):
-        ticks = [
-            math.log10(m) + k
-            for k in range(math.floor(low), math.ceil(high) + 1)
-            for m in mantissas
-            if low <= math.log10(m) + k <= high
-        ]
-        if len(ticks) >= 3:
-            return ticks
-    return [math.log10(v) for v in nice_ticks(10**low, 10**high, 5) if v > 0]
+def strip_plot(
+    groups: Mapping[str, Sequence[float]],
+    title: str,
+    value_label: str,
+    log_x: bool = False,
+    emphasis: Mapping[str, Role] | None = None,
+    width: int = 1000,
+) -> torch.Tensor:
+    """One row per group (top to bottom in the given order): a dot per value and a bar at the mean; the
+    learned groups red, the reference black, the rest grey. IMAGE [1, H, W, 3]."""
+    clean = {
+        name: _finite_points(name, [(0.0, v) for v in values], log_x, "log_x")
+        for name, values in groups.items()
+    }
+    if not any(clean.values()):
+        raise ValueError(f"strip_plot '{title}': no finite values to draw")
+    styles = series_styles(list(clean), emphasis)
+    roles = dict(emphasis or {})
+    figure, canvas = _new_figure(width, max(260, 90 + 30 * len(clean)))
+    axes = figure.add_subplot()
+    for row, (name, points) in enumerate(clean.items()):
+        values = np.array([v for _, v in points])
+        role = roles.get(name, "other")
+        colour = "#8a8a8a" if role == "other" else styles[name].colour
+        # Three lanes taken in turn by rank: neighbouring values sit at different heights, both visible.
+        lanes = (np.argsort(np.argsort(values)) % 3 - 1) * 0.2
+        size = 36 if role != "other" else 18
+        axes.scatter(values, row + lanes, s=size, color=colour, alpha=0.75, linewidths=0, zorder=3)
+        if len(values):
+            mean = float(values.mean())
+            axes.plot(
+                [mean, mean],
+                [row - 0.38, row + 0.38],
+                color=colour,
+                linewidth=3.5 if role != "other" else 2,
+                zorder=4,
+            )
+    axes.set_yticks(range(len(clean)), list(clean))
+    for label in axes.get_yticklabels():
+        role = roles.get(label.get_text(), "other")
+        if role != "other":
+            label.set_fontweight("bold")
+            label.set_color(styles[label.get_text()].colour)
+    axes.set_ylim(len(clean) - 0.5, -0.5)  # first group on top
+    if log_x:
+        _log_axis(axes.xaxis, axes.set_xscale)
+    axes.grid(True, axis="x", which="both", color="#e6e6e6", linewidth=0.7)
+    axes.set_axisbelow(True)
+    axes.set_title(title, fontsize=_FONT_PT + 2, loc="left")
+    scale = " (log scale)" if log_x else ""
+    axes.set_xlabel(f"{value_label}{scale}: a dot per value, a bar at the mean", fontsize=_FONT_PT)
+    axes.tick_params(labelsize=_FONT_PT - 1)
+    for side in ("top", "right"):
+        axes.spines[side].set_visible(False)
+    return _to_image_tensor(canvas)
 
 
-def _densify(xy: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Points every ~10 px along a polyline, so the legend can avoid lines as well as markers."""
-    out = list(xy[:1])
-    for (x0, y0), (x1, y1) in zip(xy, xy[1:]):
-        n = max(1, int(math.hypot(x1 - x0, y1 - y0) / 10))
-        out += [(x0 + (x1 - x0) * k / n, y0 + (y1 - y0) * k / n) for k in range(1, n + 1)]
-    return out
-
-
-def _draw_marker(draw: ImageDraw.ImageDraw, marker: str, x: float, y: float, r: float, colour) -> None:
-    if marker == "circle":
-        draw.ellipse([x - r, y - r, x + r, y + r], fill=colour)
-    elif marker == "square":
-        draw.rectangle([x - r, y - r, x + r, y + r], fill=colour)
-    elif marker == "triangle":
-        draw.polygon([(x, y - r - 1), (x - r - 1, y + r), (x + r + 1, y + r)], fill=colour)
-    else:
-        draw.polygon([(x, y - r - 1), (x + r + 1, y), (x, y + r + 1), (x - r - 1, y)], fill=colour)
-
-
-def _draw_legend(draw: ImageDraw.ImageDraw, names: list[str], font, box: tuple, points: list) -> None:
-    left, top, right, bottom = box
-    row = max(_text_size(draw, "Ag", font)[1], 10) + 8
-    text_width = max(_text_size(draw, name, font)[0] for name in names)
-    box_w, box_h = text_width + 52, row * len(names) + 8
-    corners = [
-        (right - box_w - 8, top + 8),
-        (left + 8, top + 8),
-        (right - box_w - 8, bottom - box_h - 8),
-        (left + 8, bottom - box_h - 8),
-    ]
-
-    def covered(corner):
-        x0, y0 = corner
-        return sum(x0 - 6 <= x <= x0 + box_w + 6 and y0 - 6 <= y <= y0 + box_h + 6 for x, y in points)
-
-    # The corner hiding the fewest data points (ties keep matplotlib's usual upper right).
-    x0, y0 = min(corners, key=covered)
-    draw.rectangle([x0, y0, x0 + box_w, y0 + box_h], fill=(255, 255, 255), outline=(160, 160, 160))
-    for index, name in enumerate(names):
-        colour, marker = PALETTE[index % len(PALETTE)], MARKERS[index % len(MARKERS)]
-        cy = y0 + 4 + row * index + row / 2
-        draw.line([(x0 + 8, cy), (x0 + 36, cy)], fill=colour, width=2)
-        _draw_marker(draw, marker, x0 + 22, cy, 4, colour)
-        _, h = _text_size(draw, name, font)
-        draw.text((x0 + 44, cy - h / 2 - 3), name, fill=_INK, font=font)
-
-
-def _draw_vertical_label(image: Image.Image, text: str, font, center_y: float) -> None:
-    probe = ImageDraw.Draw(image)
-    w, h = _text_size(probe, text, font)
-    label = Image.new("RGB", (w + 4, h + 8), _BACKGROUND)
-    ImageDraw.Draw(label).text((2, 0), text, fill=_INK, font=font)
-    rotated = label.rotate(90, expand=True)
-    image.paste(rotated, (6, int(center_y - rotated.height / 2)))
-
-
-def table_image(rows: list[list[str]], title: str) -> torch.Tensor:
-    """Draw a small table (first row is the header) under a title; IMAGE [1, H, W, 3]."""
+def table_image(
+    rows: list[list[str]], title: str, highlight_rows: Sequence[int] = (), min_width: int = 0
+) -> torch.Tensor:
+    """A table (first row: the header, on a dark band) under a title; ``highlight_rows`` (indices into
+    ``rows``) bold on a green band; centred in at least ``min_width`` pixels. IMAGE [1, H, W, 3]."""
     if not rows or not any(rows):
         raise ValueError(f"table_image '{title}': no rows to draw")
     columns = max(len(row) for row in rows)
     cells = [[str(c) for c in row] + [""] * (columns - len(row)) for row in rows]
-    font, title_font = _font(14), _font(16)
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    col_widths = [max(_text_size(probe, row[c], font)[0] for row in cells) + 24 for c in range(columns)]
-    row_height = max(_text_size(probe, "Ag", font)[1], 10) + 14
-    title_w, title_h = _text_size(probe, title, title_font)
-    width = max(sum(col_widths), title_w + 24, 160) + 20
-    height = 20 + title_h + 14 + row_height * len(cells) + 12
-    image = Image.new("RGB", (width, height), _BACKGROUND)
-    draw = ImageDraw.Draw(image)
-    draw.text(((width - title_w) / 2, 10), title, fill=_INK, font=title_font)
-    y = 20 + title_h + 14
+    font = FontProperties(size=_FONT_PT + 1)
+    bold = FontProperties(size=_FONT_PT + 1, weight="bold")
+    title_font = FontProperties(size=_FONT_PT + 2, weight="bold")
+    renderer = FigureCanvasAgg(Figure(dpi=DPI)).get_renderer()
+
+    def text_width(text: str, prop: FontProperties) -> float:
+        return renderer.get_text_width_height_descent(text, prop, ismath=False)[0]
+
+    pad = 14.0  # pixels either side of a cell's text
+    col_widths = [max(text_width(row[c], bold) for row in cells) + 2 * pad for c in range(columns)]
+    row_h = 1.9 * font.get_size_in_points() * DPI / 72
+    margin, title_h = 12.0, 2.4 * title_font.get_size_in_points() * DPI / 72
+    table_w = sum(col_widths)
+    width = math.ceil(max(table_w + 2 * margin, text_width(title, title_font) + 2 * margin, min_width))
+    height = math.ceil(title_h + row_h * len(cells) + 2 * margin)
+    figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+    canvas = FigureCanvasAgg(figure)
+    left = (width - table_w) / 2
+
+    def to_figure(x: float, y_from_top: float) -> tuple[float, float]:
+        return x / width, 1 - y_from_top / height
+
+    figure.text(*to_figure(left, margin + title_h / 2), title, fontproperties=title_font, va="center")
+    highlighted = set(highlight_rows)
+    # Columns of numbers are right-aligned, header included, so their digits line up.
+    numeric_columns = [
+        any(row[c] for row in cells[1:]) and all(_is_number(row[c]) for row in cells[1:] if row[c])
+        for c in range(columns)
+    ]
     for r, row in enumerate(cells):
-        if r == 0:
-            draw.rectangle([10, y, 10 + sum(col_widths), y + row_height], fill=(232, 238, 247))
-        elif r % 2 == 0:
-            draw.rectangle([10, y, 10 + sum(col_widths), y + row_height], fill=(247, 247, 247))
-        x = 10
+        top = margin + title_h + r * row_h
+        fill = "#2f3e52" if r == 0 else "#d8f0d8" if r in highlighted else "#f4f4f4" if r % 2 == 0 else None
+        if fill:
+            x0, y0 = to_figure(left, top + row_h)
+            figure.add_artist(
+                Rectangle((x0, y0), table_w / width, row_h / height, transform=figure.transFigure, color=fill)
+            )
+        x = left
         for c, text in enumerate(row):
-            _, h = _text_size(draw, text or "Ag", font)
-            draw.text((x + 12, y + (row_height - h) / 2 - 3), text, fill=_INK, font=font)
+            numeric = numeric_columns[c]
+            anchor = x + col_widths[c] - pad if numeric else x + pad
+            figure.text(
+                *to_figure(anchor, top + row_h / 2),
+                text,
+                fontproperties=bold if r == 0 or r in highlighted else font,
+                color="white" if r == 0 else "#111111",
+                ha="right" if numeric else "left",
+                va="center",
+            )
             x += col_widths[c]
-        y += row_height
-        if r == 0:
-            draw.line([(10, y), (10 + sum(col_widths), y)], fill=_INK)
-    draw.rectangle([10, 20 + title_h + 14, 10 + sum(col_widths), y], outline=(160, 160, 160))
-    return _to_image_tensor(image)
+    return _to_image_tensor(canvas)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
