@@ -5,13 +5,14 @@ from comfy_api.latest import io
 
 from ..ld3_core.api import candidate_schedules, check_teacher, heldout_errors
 from ..ld3_core.model_patch import learned_schedule
-from ..ld3_core.plot import line_plot, table_image
+from ..ld3_core.plot import strip_plot, table_image
 from ..ld3_core.schedule import Schedule
 from ..ld3_core.solvers import SUPPORTED_SAMPLERS
 from ._common import NodeProgress, Teacher, TeacherBundle, stack_images
 
 SIGMAS_INPUTS = ("sigmas", "sigmas_2", "sigmas_3", "sigmas_4")
 REPORT_COLUMNS = ("schedule", "steps", "rmse_mean", "rmse_sd", "vs_best_builtin")
+PLOT_WIDTH = 1000  # pixels: the table and the plot are stacked at one width
 
 
 class LD3CompareSigmas(io.ComfyNode):
@@ -104,16 +105,31 @@ class LD3CompareSigmas(io.ComfyNode):
         title = (
             f"Held-out RMSE to the teacher ({sampler_name}, {len(teacher.data.validation_indices)} samples)"
         )
-        table = table_image([list(REPORT_COLUMNS)] + rows, title)
-        series = {name: list(enumerate(errors[name].tolist())) for name in _sorted_names(errors)}
-        plot = line_plot(
-            series, title, "held-out sample", "RMSE", log_y=_all_positive(errors), width=table_width(table)
-        )
+        table = table_image([list(REPORT_COLUMNS)] + rows, title, highlight_rows=[1], min_width=PLOT_WIDTH)
+        plot = _per_sample_plot(errors, builtin_names, width=int(table.shape[2]))
         return io.NodeOutput(stack_images([table, plot]), report)
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and bool(torch.allclose(a, b.float(), rtol=1e-5, atol=0))
+
+
+def _per_sample_plot(errors: dict, builtin_names: list[str], width: int) -> torch.Tensor:
+    """Each schedule's held-out errors as a row of dots with its mean, best mean on top.
+
+    A strip per schedule rather than lines over the sample index: the samples have no order, so lines
+    joining them drew patterns that meant nothing; dots show the spread and the outliers. The SIGMAS
+    inputs (the schedules being evaluated) are red, the best built-in black, the other built-ins grey.
+    """
+    names = _sorted_names(errors)
+    best_builtin = min(builtin_names, key=lambda n: float(errors[n].mean()), default=None)
+    labels = {name: f"{name} (best built-in)" if name == best_builtin else name for name in names}
+    groups = {labels[name]: errors[name].tolist() for name in names}
+    emphasis = {labels[name]: "other" if name in builtin_names else "learned" for name in names}
+    if best_builtin is not None:
+        emphasis[labels[best_builtin]] = "reference"
+    title = "Per held-out sample (best mean on top)"
+    return strip_plot(groups, title, "RMSE", log_x=_all_positive(errors), emphasis=emphasis, width=width)
 
 
 def _sorted_names(errors: dict) -> list[str]:
@@ -122,10 +138,6 @@ def _sorted_names(errors: dict) -> list[str]:
 
 def _all_positive(errors: dict) -> bool:
     return all(bool((e > 0).all()) for e in errors.values())
-
-
-def table_width(table: torch.Tensor) -> int:
-    return max(640, int(table.shape[2]))
 
 
 def report_rows(errors: dict, steps: dict, builtin_names: list[str]) -> list[list[str]]:

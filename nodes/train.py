@@ -1,6 +1,7 @@
 """LD3 Train Sigmas: learn a few-step schedule (three sigmas per step) for one model, sampler and step count."""
 
 import logging
+import math
 
 from comfy_api.latest import io
 
@@ -278,25 +279,41 @@ class _ScheduleSaver:
 
 
 def _loss_plot(result: TrainResult, loss: str):
-    """Training loss per iteration and validation loss per epoch (x: iterations)."""
+    """Training loss per iteration, LD3's validation loss per epoch, and the best built-in's validation loss
+    (and LD3's best, when it beat it) as horizontal lines (x: iterations)."""
     per_epoch = len(result.train_curve) / max(1, len(result.validation_curve))
+    validation = "LD3 validation (per epoch)"
     series = {
-        "train": [(i + 1, v) for i, v in enumerate(result.train_curve)],
-        "validation": [(0, result.initial_validation_loss)]
+        validation: [(0, result.initial_validation_loss)]
         + [((e + 1) * per_epoch, v) for e, v in enumerate(result.validation_curve)],
+        "train (per iteration)": [(i + 1, v) for i, v in enumerate(result.train_curve)],
     }
-    values = [v for points in series.values() for _, v in points]
+    builtin = f"best built-in ({result.initial_scheduler}) on validation"
+    hlines = {builtin: result.initial_validation_loss}
+    emphasis = {validation: "learned", builtin: "reference"}
+    if result.validation_curve and result.best_validation_loss < result.initial_validation_loss:
+        hlines["LD3 best on validation"] = result.best_validation_loss
+        emphasis["LD3 best on validation"] = "learned"
+    values = [v for points in series.values() for _, v in points] + list(hlines.values())
     title = f"LD3 training ({loss} loss; start: {result.initial_scheduler})"
-    return line_plot(series, title, "iteration", f"{loss} loss", log_y=all(v > 0 for v in values))
+    log_y = all(v > 0 for v in values if math.isfinite(v))
+    return line_plot(series, title, "iteration", f"{loss} loss", log_y, emphasis=emphasis, hlines=hlines)
 
 
 def _schedule_plot(result: TrainResult, candidates: dict, decoupled: bool):
-    """The learned step sigmas (and what the network is told) against the built-in schedulers, log axis."""
+    """The learned step sigmas (and what the network is told) against the best built-in (where training
+    started) and the other built-in schedulers, log axis."""
     learned = result.schedule
     series = {"LD3 step sigma": list(enumerate(learned.step_sigmas[:-1].tolist()))}
     if decoupled:
         series["LD3 network time"] = list(enumerate(learned.model_sigmas.tolist()))
         series["LD3 scaling sigma"] = list(enumerate(learned.scale_sigmas.tolist()))
+    emphasis = dict.fromkeys(series, "learned")
+    start = f"{result.initial_scheduler} (best built-in, start)"
+    series[start] = list(enumerate(result.initial_schedule.step_sigmas[:-1].tolist()))
+    emphasis[start] = "reference"
     for name, sigmas in candidates.items():
-        series[name] = list(enumerate(sigmas[:-1].tolist()))
-    return line_plot(series, "Schedules (the final sigma 0 not shown)", "step", "sigma", log_y=True)
+        if name != result.initial_scheduler:
+            series[name] = list(enumerate(sigmas[:-1].tolist()))
+    title = "Schedules (the final sigma 0 not shown)"
+    return line_plot(series, title, "step", "sigma", log_y=True, emphasis=emphasis)
