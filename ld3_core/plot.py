@@ -18,7 +18,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 Role = Literal["learned", "reference", "other"]
 ROLES: tuple[Role, ...] = ("learned", "reference", "other")
 DPI = 100
-_FONT_PT = 11.0
+_FONT_PT = 12.0
 _MARKER_LIMIT = 60  # more points than this per series: markers would only smear the line
 
 
@@ -153,11 +153,8 @@ def line_plot(
     """Named (x, y) series as lines, plus horizontal reference lines ``hlines`` (label: y), legend right of
     the axes; ``emphasis`` gives series or hlines a role (see ``series_styles``). IMAGE [1, H, W, 3]."""
     clean = {name: _finite_points(name, points, log_y) for name, points in series.items()}
-    levels = {
-        name: _finite_points(name, [(0.0, value)], log_y)
-        for name, value in (hlines or {}).items()
-        if math.isfinite(value)
-    }
+    # A non-finite level is left out like a non-finite point (its name keeps its style and role).
+    levels = {name: _finite_points(name, [(0.0, value)], log_y) for name, value in (hlines or {}).items()}
     if not any(clean.values()):
         raise ValueError(f"line_plot '{title}': no finite points to draw")
     styles = series_styles(list(clean) + list(levels), emphasis)
@@ -169,8 +166,8 @@ def line_plot(
             color=style.colour, linestyle=style.linestyle, linewidth=style.linewidth, zorder=style.zorder
         )
         if name in levels:
-            value = levels[name][0][1]
-            axes.axhline(value, label=f"{name} = {value:.4g}", **common)
+            for _, value in levels[name]:
+                axes.axhline(value, label=f"{name} = {value:.4g}", **common)
             continue
         points = clean[name]
         marker = style.marker if len(points) <= _MARKER_LIMIT else "None"
