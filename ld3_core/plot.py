@@ -197,7 +197,7 @@ def line_plot(
         axes.spines[side].set_visible(False)
     if legend:
         # Outside the axes, to the right: a legend can never hide data there.
-        rows = max(1, int((height - 40) / (1.95 * (_FONT_PT - 1) * DPI / 72)))
+        rows = max(1, int((height - 40) / (1.55 * (_FONT_PT - 1) * DPI / 72)))
         figure.legend(
             loc="outside right upper",
             fontsize=_FONT_PT - 1,
