@@ -75,7 +75,7 @@ def _run(job: tuple[str, int, list[str], list[int], dict]) -> list[dict]:
                             k: getattr(teacher, k)[:n]
                             for k in ("noise", "targets", "prompt_index", "is_validation")
                         },
-                        info={},
+                        info=teacher.info,
                     )
                 config = quality.train_config(name, steps, recipe, **{"seed": seed, **fields})
                 started = time.perf_counter()

@@ -213,12 +213,15 @@ def _data(name: str, seed: int | None) -> dict:
 
 
 def _teacher(name: str, seed: int):
-    from ld3_core.teacher import TeacherData
+    from bench.models import TEACHER_STEPS
+    from ld3_core.teacher import TEACHER_SAMPLER, TeacherData
 
     data = _data(name, seed)
-    # info stays empty: the data was made with this very model (same builder, same seed).
+    # How the pairs were made (_make: LD3 Generate Teacher's defaults), so training can ask the teacher
+    # for more (hard-example mining); no model identity: the data was made with this very model.
+    info = {"sampler": TEACHER_SAMPLER, "scheduler": data["teacher_scheduler"], "steps": TEACHER_STEPS}
     fields = {k: data[k] for k in ("noise", "targets", "prompt_index", "is_validation")}
-    return TeacherData(**fields, info={})
+    return TeacherData(**fields, info={**info, "seed": 1000 * seed})
 
 
 def _stats(bm, out: torch.Tensor, ref: torch.Tensor) -> dict:

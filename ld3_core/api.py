@@ -166,6 +166,13 @@ def learn_schedule(
             on_progress=on_progress,
             on_best=on_best,
             incumbent=incumbent,
+            reference=teacher_reference(model_patcher, teacher, conditionings),
+        )
+    if result.mined_pairs:
+        result.notes.append(
+            f"The teacher also solved {result.mined_pairs} of {result.mining_pool} fresh noises, those where the "
+            f"learned schedule and {result.initial_scheduler} parted most; training and validation include them, "
+            "each weighted as the share of noises it was picked from."
         )
     if warning := _teacher_warning(teacher, result, loss, run_student, config):
         logging.warning("LD3: %s", warning)
@@ -173,6 +180,22 @@ def learn_schedule(
     if note := exact_ratio_note(teacher.info, result, loss):
         result.notes.append(note)
     return result
+
+
+def teacher_reference(model_patcher, teacher: TeacherData, conditionings: Sequence[Conditioning]):
+    """The teacher as a function of new noises (``TrainConfig.mining_rounds``), or None if its data does
+    not record how it was made (sampler, scheduler, steps)."""
+    info = teacher.info
+    if not all(info.get(key) for key in ("sampler", "scheduler", "steps")):
+        return None
+    sampler = info["sampler"]
+    sigmas = schedule_sigmas(model_patcher, info["scheduler"], int(info["steps"]), sampler)
+    seed = int(info.get("seed", 0))
+
+    def solve(noise: torch.Tensor, prompt: int) -> torch.Tensor:
+        return sample_stock(model_patcher, conditionings[prompt], sampler, sigmas, noise, seed=seed)
+
+    return solve
 
 
 def config_for_model(config: TrainConfig, model_patcher) -> TrainConfig:

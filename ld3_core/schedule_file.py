@@ -37,7 +37,7 @@ _INPUT = "schedule_file"
 _FIX = "Choose a schedule file saved by the LD3 training node, or train a new one"
 _TOP_KEYS = ("format", "format_version", "sampler", "steps", "cfg", "latent_shape", "model", "loss", "train")
 _METADATA_KEYS = frozenset(_TOP_KEYS + ("versions",))
-_TRAIN_OPTIONAL = frozenset(("recipe", "verdict"))  # written since format version 2
+_TRAIN_OPTIONAL = frozenset(("recipe", "verdict", "mined_pairs"))  # written since format version 2
 _TRAIN_KEYS = frozenset(
     (
         "validation_curve",
@@ -397,6 +397,8 @@ def _check_train(train: object) -> dict:
         raise _Invalid("'train.initial_scheduler' must be a string")
     if not _is_int(train["epochs_done"]) or train["epochs_done"] < 0:
         raise _Invalid(f"'train.epochs_done' must be a non-negative integer, got {train['epochs_done']!r}")
+    if "mined_pairs" in train and (not _is_int(train["mined_pairs"]) or train["mined_pairs"] < 0):
+        raise _Invalid(f"'train.mined_pairs' must be a non-negative integer, got {train['mined_pairs']!r}")
     if "recipe" in train and not isinstance(train["recipe"], str):
         raise _Invalid("'train.recipe' must be a string")
     verdict = train.get("verdict", {})

@@ -80,21 +80,29 @@ def judge(
     builtin_name: str,
     steps_only: torch.Tensor | None = None,
     seed: int = 0,
+    weights: torch.Tensor | None = None,
 ) -> Verdict:
-    """Compare per-sample validation losses (paired, same samples in the same order)."""
+    """Compare per-sample validation losses (paired, same samples in the same order).
+
+    ``weights`` (summing to 1; default equal): each sample's share in the means and in the test, e.g.
+    pairs mined where a schedule looked worst stand for the share of the pool they were drawn from.
+    """
     learned, builtin = learned.double().flatten(), builtin.double().flatten()
     if learned.shape != builtin.shape or learned.numel() == 0:
         raise ValueError(f"paired losses needed, got {tuple(learned.shape)} and {tuple(builtin.shape)}")
-    base = float(builtin.mean())
-    ratio = (
-        float(learned.mean()) / base if base > 0 else (1.0 if float(learned.mean()) == 0 else float("inf"))
-    )
+    if weights is None or weights.numel() != learned.numel():
+        weights = torch.full_like(learned, 1.0 / learned.numel())
+    weights = weights.double().flatten() / weights.double().sum()
+    base = float((weights * builtin).sum())
+    learned_mean = float((weights * learned).sum())
+    ratio = learned_mean / base if base > 0 else (1.0 if learned_mean == 0 else float("inf"))
     diff = builtin - learned  # > 0 where the learned schedule is better
     tiny = torch.finfo(torch.float64).tiny
-    p_value = _sign_flip_p_value(builtin.clamp_min(tiny).log() - learned.clamp_min(tiny).log(), seed)
+    log_ratio = builtin.clamp_min(tiny).log() - learned.clamp_min(tiny).log()
+    p_value = _sign_flip_p_value(log_ratio * weights * learned.numel(), seed)
     steps_only_ratio = None
     if steps_only is not None and base > 0:
-        steps_only_ratio = float(steps_only.double().mean()) / base
+        steps_only_ratio = float((weights * steps_only.double().flatten()).sum()) / base
     return Verdict(
         builtin=builtin_name,
         samples=learned.numel(),

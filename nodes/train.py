@@ -260,6 +260,7 @@ class _ScheduleSaver:
             "initial_scheduler": result.initial_scheduler,
             "initial_validation_loss": float(result.initial_validation_loss),
             "epochs_done": int(result.epochs_done),
+            "mined_pairs": int(result.mined_pairs),
             "status": "completed" if result.completed else "interrupted",
             "recipe": self.recipe,
         }

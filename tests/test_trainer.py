@@ -328,3 +328,66 @@ def test_the_exact_ratio_note_brackets_the_verdict_by_the_teachers_error():
     assert f"{max(learned - e, 0) / (b + e):.2f}x to {(learned + e) / (b - e):.2f}x" in note
     assert "10% of the best built-in's error" in note
     assert exact_ratio_note({}, result, L2Loss()) is None  # a teacher without a self-check
+
+
+def exact_reference(calls):
+    """The Gaussian's exact endpoint for new noises, recording what it was asked."""
+
+    def solve(noise, prompt):
+        calls.append(noise.clone())
+        return noise * SIGMA_MAX * S / math.sqrt(S**2 + SIGMA_MAX**2)
+
+    return solve
+
+
+def test_mining_asks_the_teacher_for_fresh_noises_and_weighs_them_as_their_share_of_the_pool():
+    calls = []
+    config = TrainConfig.preset("ld3", 3, mining_pool=4.0, mining_pairs=0.25, mining_epochs=4)
+    result = run(config, reference=exact_reference(calls))
+    noise = problem()[0]
+    asked = torch.cat(calls)
+    # 2 rounds x 4 of 64 fresh noises (16 teacher samples): new noises, none of the teacher's.
+    assert result.mined_pairs == len(asked) == 8 and result.mining_pool == 128
+    assert torch.cdist(asked.flatten(1), noise.flatten(1)).min() > 1.0
+    weights = result.validation_weights
+    assert len(weights) == 8 + 8 == len(result.validation_losses) == len(result.initial_validation_losses)
+    assert float(weights.sum()) == pytest.approx(1.0)
+    # The 8 validation samples stand for all but 2 x 4/64 of the noises, each mined pair for 1/64.
+    assert torch.allclose(weights[:8], torch.full((8,), (1 - 8 / 64) / 8, dtype=torch.float64))
+    assert torch.allclose(weights[8:], torch.full((8,), 1 / 64, dtype=torch.float64))
+    assert result.best_validation_loss == pytest.approx(float((weights * result.validation_losses).sum()))
+    assert result.verdict.samples == 16 and result.verdict.use_learned
+    assert result.best_validation_loss < 0.05 * result.initial_validation_loss
+
+
+def test_mining_picks_the_noises_where_the_learned_schedule_and_the_start_part_most():
+    # The Gaussian's students are linear: how far two schedules' endpoints part grows with the noise's
+    # norm, so the mined noises are the pool's largest.
+    calls = []
+    config = TrainConfig.preset("ld3", 3, mining_rounds=1, mining_pool=8.0, mining_pairs=0.25)
+    run(config, reference=exact_reference(calls))
+    pool = torch.randn((128, *DIMS), generator=torch.Generator().manual_seed(1_000_003 * (config.seed + 1)))
+    norms = pool.flatten(1).norm(dim=1).sort(descending=True).values
+    asked = torch.cat(calls).flatten(1).norm(dim=1).sort(descending=True).values
+    assert torch.allclose(asked, norms[:4])
+
+
+def test_no_mining_without_a_teacher_to_ask_or_in_the_paper_recipe():
+    assert run(TrainConfig.preset("ld3", 3)).mined_pairs == 0
+    calls = []
+    paper = run(TrainConfig.preset("paper", 3), reference=exact_reference(calls))
+    assert paper.mined_pairs == 0 and not calls
+
+
+def test_a_single_non_finite_step_restarts_from_the_best_parameters_and_training_goes_on():
+    calls = {"n": 0}
+
+    def student(noise, prompt, schedule):
+        calls["n"] += 1
+        out = euler_student(noise, prompt, schedule)
+        return out * float("nan") if calls["n"] == 12 else out  # one training batch off a cliff
+
+    result = run(TrainConfig.preset("ld3", 3, epochs_phase2=6, stop_patience=None), student=student)
+    assert result.completed and result.epochs_done == 6
+    assert len(result.train_curve) == 6 * 2 - 1  # the failed batch is skipped, not recorded
+    assert result.best_validation_loss < result.initial_validation_loss

@@ -1,5 +1,6 @@
 """The verdict's decision on per-sample validation losses with known answers."""
 
+import pytest
 import torch
 
 from ld3_core.verdict import judge
@@ -54,3 +55,21 @@ def test_identical_losses_give_no_gain():
     losses = torch.full((25,), 0.3, dtype=torch.float64)
     verdict = judge(losses, losses.clone(), "beta")
     assert verdict.p_value == 1.0 and verdict.ratio == 1.0 and not verdict.use_learned
+
+
+def test_weights_give_mined_samples_their_share_of_the_means_and_of_the_test():
+    # 24 ordinary samples where the learned schedule halves the error, and 4 mined ones where it lands
+    # in another mode (50x). Counted alike they decide the mean; weighted as 1 % of the noises each they
+    # do not, and the gain stands.
+    builtin = torch.ones(28, dtype=torch.float64)
+    learned = torch.full((28,), 0.5, dtype=torch.float64)
+    learned[24:] = 50.0
+    assert not judge(learned, builtin, "karras").use_learned
+    weights = torch.cat([torch.full((24,), 0.96 / 24), torch.full((4,), 0.01)]).double()
+    verdict = judge(learned, builtin, "karras", weights=weights)
+    assert verdict.ratio == pytest.approx(0.96 * 0.5 + 0.04 * 50)
+    assert not verdict.use_learned  # 2.48x: still worse on average
+    weights = torch.cat([torch.full((24,), 0.996 / 24), torch.full((4,), 0.001)]).double()
+    verdict = judge(learned, builtin, "karras", weights=weights)
+    assert verdict.ratio == pytest.approx(0.996 * 0.5 + 0.004 * 50) and verdict.ratio < 1
+    assert verdict.use_learned and verdict.p_value < 0.001
