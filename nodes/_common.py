@@ -171,6 +171,26 @@ def file_choice_error(
     )
 
 
+def link_type_error(node_class, input_types: dict | None) -> LD3InputError | None:
+    """A validate_inputs that takes ``input_types`` turns off ComfyUI's own check that each link carries
+    the input's type; this is that check, with ComfyUI's rule (comfy_execution.validation)."""
+    from comfy_execution.validation import validate_node_input  # ComfyUI 0.3.x and 0.38 alike
+
+    declared = node_class.INPUT_TYPES()
+    expected = {**declared.get("required", {}), **declared.get("optional", {})}
+    for name, received in (input_types or {}).items():
+        wanted = expected.get(name, (None,))[0]
+        if isinstance(wanted, list):  # a combo's options
+            wanted = "COMBO"
+        if wanted is not None and not validate_node_input(received, wanted):
+            return LD3InputError(
+                name,
+                f"the link carries {received}, this input takes {wanted}",
+                f"Connect an output of type {wanted} to '{name}'",
+            )
+    return None
+
+
 def validation_answer(error: LD3InputError | None) -> bool | str:
     """What a node's validate_inputs returns: True, or the message ComfyUI shows under the input's name."""
     return True if error is None else f"{error.problem}. {error.fix}"

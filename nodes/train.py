@@ -18,6 +18,7 @@ from ._common import (
     NodeProgress,
     Teacher,
     TeacherBundle,
+    link_type_error,
     lpips_weights_path,
     report_output,
     schedule_dir,
@@ -168,6 +169,27 @@ class LD3TrainSigmas(io.ComfyNode):
                 ),
             ],
         )
+
+    @classmethod
+    def validate_inputs(
+        cls, loss: str | None = None, schedule_name: str | None = None, input_types: dict | None = None
+    ) -> bool | str:
+        # Refused when the prompt is queued, before LD3 Generate Teacher samples for minutes: what the
+        # widgets and the links' types tell. (The teacher's step count is known only once it has run.)
+        # Taking input_types turns off ComfyUI's link type check for this node: link_type_error does it.
+        error = link_type_error(cls, input_types)
+        if error is None and loss == "lpips" and "vae" not in (input_types or {}):
+            error = LD3InputError(
+                "vae",
+                "the lpips loss compares decoded images and no VAE is connected",
+                "Connect the model's VAE to 'vae', or choose the l2 loss",
+            )
+        if error is None and schedule_name is not None:
+            try:
+                validate_schedule_name(schedule_name, "schedule_name")
+            except LD3InputError as exc:
+                error = exc
+        return True if error is None else str(error)  # "<input>: <problem>. <fix>" under each input taken
 
     @classmethod
     def execute(

@@ -486,8 +486,7 @@ def test_train_refuses_bad_inputs_with_named_errors(comfy_server, schedule_names
     assert message.startswith("steps:") and "4 steps" in message  # student 4 vs teacher 4
     message = run(model=["other", 0])
     assert message.startswith("teacher:") and "the MODEL input is" in message
-    assert run(schedule_name="../escape").startswith("schedule_name:")
-    assert run(loss="lpips").startswith("vae:")
+    # A bad schedule_name and lpips without a VAE are refused when queued (the test below).
     assert not list(SCHEDULE_DIR.glob(f"{name}*")), "a refused training wrote a file"
 
 
@@ -741,3 +740,36 @@ def test_published_node_ids_and_inputs(ld3_node_classes):
         "sigmas_3",
         "sigmas_4",
     }
+
+
+@pytest.mark.server
+def test_train_refuses_what_it_can_know_when_the_prompt_is_queued(comfy_server, schedule_names):
+    """Before LD3 Generate Teacher samples anything: a bad schedule_name, lpips without a VAE, and (the
+    check ComfyUI leaves to a node whose validate_inputs takes input_types) a link of the wrong type."""
+    name = schedule_names("queued")
+
+    def refused(changes: dict) -> list[str]:
+        graph = demo_nodes()
+        graph["teacher"] = teacher_node(steps=4)
+        graph["train"] = train_node(name, steps=2)
+        graph["train"]["inputs"].update(changes)
+        graph["show"] = {"class_type": "PreviewAny", "inputs": {"source": ["train", 0]}}
+        status, body = comfy_server.post("/prompt", {"prompt": graph})
+        assert status == 400, body
+        assert set(body["node_errors"]) == {"train"}, body
+        return [e["details"] for e in body["node_errors"]["train"]["errors"]]
+
+    details = refused({"schedule_name": "../escape"})
+    assert any("schedule_name: '../escape' contains a path separator" in d for d in details), details
+    details = refused({"loss": "lpips"})
+    assert any("vae: the lpips loss compares decoded images and no VAE is connected" in d for d in details)
+    details = refused({"teacher": ["demo", 0]})  # a MODEL where the teacher data goes
+    assert any("teacher: the link carries MODEL, this input takes LD3_TEACHER" in d for d in details), details
+    assert not list(SCHEDULE_DIR.glob(f"{name}*"))
+    # A valid graph still queues (and the teacher's and the VAE's links pass the node's own type check).
+    graph = demo_nodes()
+    graph["teacher"] = teacher_node(steps=4)
+    graph["train"] = train_node(name, steps=2)
+    graph["show"] = {"class_type": "PreviewAny", "inputs": {"source": ["train", 0]}}
+    _, entry = queue(comfy_server, graph)
+    assert entry["status"]["status_str"] == "success", entry["status"]
