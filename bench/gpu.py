@@ -28,6 +28,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import env
+from bench.cost import FLOOR_PER_NFE
 from bench.iteration import iteration_ratios
 
 # comfy/model_detection.py's SD15 UNet config (dtype set separately).
@@ -74,7 +75,6 @@ FLUX_DEV = {
 SD15_UNET_TFLOP = 0.80
 SD_VAE_DECODE_TFLOP = 2.5
 FLUX_TFLOP = 74.4
-FLOOR_PER_NFE = 3.2  # forward + recompute + input-only backward, in forwards
 SD15_FLOOR_RANGE = (14.0, 21.0)  # the floor for the SD1.5 recipe on an H100, seconds
 
 
