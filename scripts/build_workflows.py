@@ -137,8 +137,8 @@ COMPARE_PREVIEW = (720, 850)  # LD3 Compare Sigmas' table + per-sample plot, 100
 
 def _note(key: str, text: str) -> Node:
     """The workflow's explanation, tall enough for all of it at a 14 px text size (Settings > Appearance;
-    10 px by default): ~45 monospace characters a line at 400 wide, ~17 px a line."""
-    lines = sum(max(1, math.ceil(len(paragraph) / 45)) for paragraph in text.split("\n"))
+    10 px by default): ~45 monospace characters a line at 400 wide (40 counted: words wrap), ~17 px a line."""
+    lines = sum(max(1, math.ceil(len(paragraph) / 40)) for paragraph in text.split("\n"))
     return Node(key, "Note", {"text": text}, title="About this workflow", size=(400, 50 + 17 * lines))
 
 
