@@ -6,6 +6,10 @@ workflow (with the current view in extra.ds) and output, as JSON with two-space 
 thumbnail is a screenshot of the written file loaded back with app.loadGraphData, resized small
 (.png, and .jpg: the template browser asks for <name>.jpg).
 
+Layout: bands of columns (Band); every node that shows something after a run (image and text previews,
+the LD3 nodes' report on the node) is given room for it, so a run does not grow it over its neighbours
+(scripts/screenshots.py runs each workflow in the frontend and reports overlapping or grown nodes).
+
 Usage: .venv/bin/python scripts/build_workflows.py [--url http://127.0.0.1:8188] [--only NAME ...]
 Without --url it starts the development ComfyUI (scripts/setup.sh) on a free port and stops it after.
 Needs Debian's chromium (/usr/bin/chromium) and the playwright Python package.
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -66,13 +71,28 @@ FLUX_POSITIVE = "a red fox sitting in fresh snow in a birch forest, morning ligh
 
 @dataclass
 class Node:
-    """One node to create: its key in this spec, type, title and widget values by widget name."""
+    """One node to create: its key in this spec, type, title and widget values by widget name.
+
+    size: at least this (the frontend's minimum otherwise); grow: added to the frontend's minimum size.
+    A node that shows output after a run is given room for it here, so it need not grow over its
+    neighbours: the preview nodes (images, text) and the LD3 nodes that show their report on the node.
+    """
 
     key: str
     type: str
     widgets: dict = field(default_factory=dict)
     title: str | None = None
     size: tuple[int, int] | None = None
+    grow: tuple[int, int] | None = None
+
+
+@dataclass
+class Band:
+    """Columns of node keys, left to right, each stacked top to bottom; the band starts below everything
+    laid out before it, at the left edge of node `under` (or at x = 0)."""
+
+    columns: list[list[str]]
+    under: str | None = None
 
 
 @dataclass
@@ -82,30 +102,51 @@ class Workflow:
     name: str
     nodes: list[Node]
     links: list[tuple[str, str, str, str]]
-    columns: list[list[str]]  # node keys, left to right, each column stacked top to bottom
+    columns: list[list[str]]  # the first band: node keys, left to right, each column stacked
     groups: list[tuple[str, list[str]]] = field(default_factory=list)  # (title, node keys)
+    bands: list[Band] = field(default_factory=list)  # more bands, each below the ones before
 
     def spec(self) -> dict:
         return {
             "nodes": [
-                {"key": n.key, "type": n.type, "widgets": n.widgets, "title": n.title, "size": n.size}
+                {
+                    "key": n.key,
+                    "type": n.type,
+                    "widgets": n.widgets,
+                    "title": n.title,
+                    "size": n.size,
+                    "grow": n.grow,
+                }
                 for n in self.nodes
             ],
             "links": self.links,
-            "columns": self.columns,
+            "bands": [{"columns": self.columns, "under": None}]
+            + [{"columns": b.columns, "under": b.under} for b in self.bands],
             "groups": self.groups,
         }
 
 
+# Room for what a run shows (canvas units). The training plot is 1000 x 1120 px: shown at 0.72 of its
+# size its 12 pt text stays readable. Node text (LD3 Generate Teacher, Train Sigmas, Load Sigmas report
+# on the node itself) gets a few lines under the widgets.
+PLOT_PREVIEW = (720, 850)
+NODE_TEXT = (110, 150)  # added width and height
+SAMPLE_PREVIEW = (300, 340)
+COMPARE_PREVIEW = (720, 850)  # LD3 Compare Sigmas' table + per-sample plot, 1000 px wide
+
+
 def _note(key: str, text: str) -> Node:
-    return Node(key, "Note", {"text": text}, title="About this workflow", size=(380, 260))
+    """The workflow's explanation, tall enough for all of it at a 14 px text size (Settings > Appearance;
+    10 px by default): ~45 monospace characters a line at 400 wide (40 counted: words wrap), ~17 px a line."""
+    lines = sum(max(1, math.ceil(len(paragraph) / 40)) for paragraph in text.split("\n"))
+    return Node(key, "Note", {"text": text}, title="About this workflow", size=(400, 50 + 17 * lines))
 
 
 def _decode_save(prefix: str, latent_key: str, vae_src: tuple[str, str], tag: str):
     """VAEDecode + SaveImage for one sampler output; returns (nodes, links)."""
     nodes = [
         Node(f"decode_{tag}", "VAEDecode"),
-        Node(f"save_{tag}", "SaveImage", {"filename_prefix": prefix}),
+        Node(f"save_{tag}", "SaveImage", {"filename_prefix": prefix}, size=SAMPLE_PREVIEW),
     ]
     links = [
         (latent_key, _first_output(latent_key), f"decode_{tag}", "samples"),
@@ -132,12 +173,18 @@ def _train_sigmas(sampler: str, steps: int, schedule_name: str) -> Node:
             **recipe.TRAIN_RECIPE,
             "schedule_name": schedule_name,
         },
+        grow=NODE_TEXT,
     )
+
+
+def _plot() -> Node:
+    """Preview Image for LD3 Train Sigmas' plot (loss and schedules), large enough to read."""
+    return Node("plot", "PreviewImage", title="Training plot", size=PLOT_PREVIEW)
 
 
 def _verdict() -> Node:
     """Preview as Text for LD3 Train Sigmas' report: the verdict against the best built-in."""
-    return Node("verdict", "PreviewAny", title="LD3 verdict", size=(420, 160))
+    return Node("verdict", "PreviewAny", title="LD3 verdict", size=(460, 300))
 
 
 def _sd15_ksampler_ld3(steps: int) -> Node:
@@ -193,9 +240,10 @@ def sd15_train() -> Workflow:
                 "batch_size": 4,
                 "name": SD15_TEACHER,
             },
+            grow=NODE_TEXT,
         ),
         _train_sigmas(SD15_SAMPLER, SD15_STEPS, SD15_SCHEDULE),
-        Node("plot", "PreviewImage", title="Training plot"),
+        _plot(),
         _verdict(),
         Node("noise", "RandomNoise", {"noise_seed": SEED}),
         Node("guider", "CFGGuider", {"cfg": 7.0}),
@@ -257,17 +305,25 @@ def sd15_train() -> Workflow:
         ["note", "ckpt", "latent"],
         ["pos", "pos2", "neg"],
         ["teacher"],
-        ["train", "plot", "verdict"],
-        ["noise", "guider", "select", "custom"],
-        ["ks_ld3", "ks_default"],
-        ["decode_custom", "decode_ks_ld3", "decode_ks_default"],
-        ["save_custom", "save_ks_ld3", "save_ks_default"],
+        ["train", "verdict"],
+        ["plot"],
     ]
+    sample = Band(
+        [
+            ["noise", "guider", "select", "custom"],
+            ["ks_ld3", "ks_default"],
+            ["decode_custom", "decode_ks_ld3", "decode_ks_default"],
+            ["save_custom"],
+            ["save_ks_ld3"],
+            ["save_ks_default"],
+        ],
+        under="pos",
+    )
     groups = [
         ("1. Learn the schedule (once)", ["teacher", "train", "plot", "verdict"]),
         ("2. Sample with it", ["noise", "guider", "select", "custom", "ks_ld3"]),
     ]
-    return Workflow("ld3_sd15_train", nodes, links, columns, groups)
+    return Workflow("ld3_sd15_train", nodes, links, columns, groups, [sample])
 
 
 def _ksampler_advanced(sampler: str, scheduler: str, steps: int, cfg: float = 7.0) -> dict:
@@ -339,9 +395,10 @@ def flux_train() -> Workflow:
                 "batch_size": 2,
                 "name": "ld3_flux_teacher",
             },
+            grow=NODE_TEXT,
         ),
         _train_sigmas(FLUX_SAMPLER, FLUX_STEPS, FLUX_SCHEDULE),
-        Node("plot", "PreviewImage", title="Training plot"),
+        _plot(),
         _verdict(),
         Node("noise", "RandomNoise", {"noise_seed": SEED}),
         Node("select", "KSamplerSelect", {"sampler_name": FLUX_SAMPLER}),
@@ -391,16 +448,24 @@ def flux_train() -> Workflow:
         ["note", "unet", "clip", "vae"],
         ["shift", "latent", "pos", "guidance", "neg"],
         ["teacher"],
-        ["train", "plot", "verdict"],
-        ["noise", "select", "guider", "custom", "guider_default", "sched_default", "custom_default"],
-        ["decode_custom", "decode_custom_default"],
-        ["save_custom", "save_custom_default"],
+        ["train", "verdict"],
+        ["plot"],
     ]
+    sample = Band(
+        [
+            ["noise", "select", "guider", "custom"],
+            ["guider_default", "sched_default", "custom_default"],
+            ["decode_custom", "decode_custom_default"],
+            ["save_custom"],
+            ["save_custom_default"],
+        ],
+        under="shift",
+    )
     groups = [
         ("1. Learn the schedule (once)", ["teacher", "train", "plot", "verdict"]),
         ("2. Sample with it", ["noise", "select", "guider", "custom"]),
     ]
-    return Workflow("ld3_flux_train", nodes, links, columns, groups)
+    return Workflow("ld3_flux_train", nodes, links, columns, groups, [sample])
 
 
 def sd15_use_saved() -> Workflow:
@@ -417,6 +482,7 @@ def sd15_use_saved() -> Workflow:
             "load",
             "LD3LoadSigmas",
             {"schedule_file": f"{SD15_SCHEDULE}.safetensors", "sampler_name": SD15_SAMPLER, "steps": 0},
+            grow=NODE_TEXT,
         ),
         Node("latent", "EmptyLatentImage", {"width": 512, "height": 512, "batch_size": 1}),
         Node("pos", "CLIPTextEncode", {"text": SD15_POSITIVE}, title="Prompt", size=(400, 140)),
@@ -433,7 +499,7 @@ def sd15_use_saved() -> Workflow:
         ("latent", "LATENT", "ks", "latent_image"),
     ]
     more_nodes, more_links = _decode_save("ld3/sd15_ld3", "ks", ("ckpt", "VAE"), "ks")
-    columns = [["note", "ckpt", "load"], ["pos", "neg", "latent"], ["ks"], ["decode_ks"], ["save_ks"]]
+    columns = [["note", "ckpt", "load"], ["pos", "neg", "latent"], ["ks"], ["decode_ks", "save_ks"]]
     return Workflow("ld3_sd15_use_saved", nodes + more_nodes, links + more_links, columns)
 
 
@@ -456,7 +522,7 @@ def sd15_retrain() -> Workflow:
         Node("neg", "CLIPTextEncode", {"text": SD15_NEGATIVE}, title="Negative", size=(400, 110)),
         Node("teacher", "LD3LoadTeacher", {"teacher_file": f"{SD15_TEACHER}_00001.safetensors"}),
         _train_sigmas(SD15_SAMPLER, SD15_RETRAIN_STEPS, SD15_RETRAIN_SCHEDULE),
-        Node("plot", "PreviewImage", title="Training plot"),
+        _plot(),
         _verdict(),
         _sd15_ksampler_ld3(SD15_RETRAIN_STEPS),
     ]
@@ -481,10 +547,9 @@ def sd15_retrain() -> Workflow:
     columns = [
         ["note", "ckpt", "latent"],
         ["pos", "pos2", "neg"],
-        ["teacher", "train", "plot", "verdict"],
-        ["ks"],
-        ["decode_ks"],
-        ["save_ks"],
+        ["teacher", "train", "verdict"],
+        ["plot"],
+        ["ks", "decode_ks", "save_ks"],
     ]
     groups = [("Learn a 4-step schedule from the saved teacher", ["teacher", "train", "plot", "verdict"])]
     return Workflow("ld3_sd15_retrain", nodes + more_nodes, links + more_links, columns, groups)
@@ -506,6 +571,7 @@ def flux_use_saved() -> Workflow:
             "load",
             "LD3LoadSigmas",
             {"schedule_file": f"{FLUX_SCHEDULE}.safetensors", "sampler_name": FLUX_SAMPLER, "steps": 0},
+            grow=NODE_TEXT,
         ),
         Node("noise", "RandomNoise", {"noise_seed": SEED}),
         Node("select", "KSamplerSelect", {"sampler_name": FLUX_SAMPLER}),
@@ -527,8 +593,7 @@ def flux_use_saved() -> Workflow:
         ["note", "unet", "clip", "vae"],
         ["shift", "load", "latent", "pos", "guidance"],
         ["noise", "select", "guider", "custom"],
-        ["decode_custom"],
-        ["save_custom"],
+        ["decode_custom", "save_custom"],
     ]
     return Workflow("ld3_flux_use_saved", nodes + more_nodes, links + more_links, columns)
 
@@ -558,6 +623,7 @@ def demo() -> Workflow:
                 "batch_size": 8,
                 "name": "ld3_demo_teacher",
             },
+            grow=NODE_TEXT,
         ),
         Node(
             "train",
@@ -569,16 +635,17 @@ def demo() -> Workflow:
                 **recipe.TRAIN_RECIPE,
                 "schedule_name": "ld3_demo_dpmpp_2m_6steps",
             },
+            grow=NODE_TEXT,
         ),
-        Node("plot", "PreviewImage", title="Training plot"),
+        _plot(),
         Node(
             "compare",
             "LD3CompareSigmas",
             {"sampler_name": "dpmpp_2m", "include_builtin": True},
         ),
-        Node("save_compare", "SaveImage", {"filename_prefix": "ld3/demo_compare"}),
-        Node("report", "PreviewAny", title="Report (RMSE to the teacher)", size=(520, 300)),
-        Node("teacher_report", "PreviewAny", title="Teacher check", size=(420, 160)),
+        Node("save_compare", "SaveImage", {"filename_prefix": "ld3/demo_compare"}, size=COMPARE_PREVIEW),
+        Node("report", "PreviewAny", title="Report (RMSE to the teacher)", size=(600, 360)),
+        Node("teacher_report", "PreviewAny", title="Teacher check", size=(460, 260)),
         _verdict(),
     ]
     links = [
@@ -600,11 +667,11 @@ def demo() -> Workflow:
     columns = [
         ["note", "model"],
         ["teacher", "teacher_report"],
-        ["train", "plot", "verdict"],
-        ["compare"],
-        ["save_compare", "report"],
+        ["train", "verdict"],
+        ["compare", "report"],
     ]
-    return Workflow("ld3_demo", nodes, links, columns)
+    outputs = Band([["plot"], ["save_compare"]], under="teacher")
+    return Workflow("ld3_demo", nodes, links, columns, bands=[outputs])
 
 
 ALL = (sd15_train, flux_train, sd15_use_saved, sd15_retrain, flux_use_saved, demo)
@@ -629,7 +696,9 @@ async (spec) => {
       w.value = value;
     }
     const min = node.computeSize();
-    node.setSize(s.size ? [Math.max(s.size[0], min[0]), Math.max(s.size[1], min[1])] : min);
+    if (s.size) node.setSize([Math.max(s.size[0], min[0]), Math.max(s.size[1], min[1])]);
+    else if (s.grow) node.setSize([min[0] + s.grow[0], min[1] + s.grow[1]]);
+    else node.setSize(min);
     made[s.key] = node;
   }
   for (const [src, out, dst, inp] of spec.links) {
@@ -640,16 +709,21 @@ async (spec) => {
     if (!a.connect(o, b, i)) throw new Error(`cannot connect ${src}.${out} -> ${dst}.${inp}`);
   }
   const title = LiteGraph.NODE_TITLE_HEIGHT;
-  let x = 0;
-  for (const column of spec.columns) {
-    let y = 0, width = 0;
-    for (const key of column) {
-      const node = made[key];
-      node.pos = [x, y + title];
-      y += node.size[1] + title + 40;
-      width = Math.max(width, node.size[0]);
+  let top = 0, bottom = 0;
+  for (const band of spec.bands) {
+    let x = band.under ? made[band.under].pos[0] : 0;
+    for (const column of band.columns) {
+      let y = top, width = 0;
+      for (const key of column) {
+        const node = made[key];
+        node.pos = [x, y + title];
+        y += node.size[1] + title + 40;
+        width = Math.max(width, node.size[0]);
+      }
+      bottom = Math.max(bottom, y);
+      x += width + 70;
     }
-    x += width + 70;
+    top = bottom + 90;  // room for a group's title above the next band
   }
   for (const [name, keys] of spec.groups) {
     const group = new LiteGraph.LGraphGroup(name);
@@ -706,11 +780,12 @@ HIDE_CHROME_CSS = (
 )
 
 
-def start_comfyui(workdir: Path) -> tuple[subprocess.Popen, str]:
+def start_comfyui(workdir: Path, extra_args=()) -> tuple[subprocess.Popen, str]:
     """The development ComfyUI on a free port, with throwaway output/input/temp/user folders."""
     port = comfy_launch.free_port()
     dirs = comfy_launch.prepare_folders(workdir)
-    command = comfy_launch.comfyui_command(str(ROOT / ".venv" / "bin" / "python"), COMFYUI_DIR, port, dirs)
+    python = str(ROOT / ".venv" / "bin" / "python")
+    command = comfy_launch.comfyui_command(python, COMFYUI_DIR, port, dirs, extra_args)
     log = open(workdir / "comfyui.log", "wb")  # stays open as long as the server runs
     process = subprocess.Popen(command, cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

@@ -8,7 +8,7 @@ from its UI file, missing thumbnails; and runs the zero-download demo workflow e
 import urllib.request
 
 import pytest
-from conftest import PACK_DIR_NAME
+from conftest import PACK_DIR_NAME, load_script_module
 from PIL import Image
 from workflow_files import (
     API_DIR,
@@ -45,6 +45,19 @@ def test_thumbnail(name, suffix):
     with Image.open(path) as image:
         assert image.format == {".png": "PNG", ".jpg": "JPEG"}[suffix]
         assert 200 <= image.width <= THUMBNAIL_MAX_WIDTH
+
+
+def test_screenshot_script_knows_every_workflow():
+    """scripts/screenshots.py runs every shipped workflow, each after the one whose file it reads, and
+    its CPU sizes name node types and inputs the workflows have."""
+    shots = load_script_module("screenshots")
+    assert sorted(shots.ORDER) == sorted(WORKFLOW_NAMES)
+    for name, needed in shots.NEEDS.items():
+        assert shots.ORDER.index(needed) < shots.ORDER.index(name)
+    for name, edits in shots.CPU_SIZES.items():
+        graph = load_api(name)
+        for node_type, values in edits.items():
+            set_inputs(graph, node_type, **values)  # fails for a missing node type or input
 
 
 @pytest.mark.server

@@ -12,7 +12,10 @@ Import after tests/conftest.py has put ComfyUI on sys.path.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import comfy.sd1_clip
@@ -91,3 +94,23 @@ def write_sd15_checkpoint(path: Path, seed: int = 0) -> Path:
 def write_taesd_vae(path: Path, latent_channels: int = 16, seed: int = 0) -> Path:
     """A TAESD-format VAE file (VAELoader detects it from its keys) for `latent_channels` latents."""
     return _save(_taesd(latent_channels, seed).state_dict(), path, torch.float32)
+
+
+def cached(name: str, write: Callable[[Path], object], cache_dir: Path, comfyui_dir: Path) -> Path:
+    """`write(path)` once per version of this file and of ComfyUI, into cache_dir; the cached file's path.
+
+    The random models are the same every time: cached (git-ignored) under a name that changes whenever
+    the code that writes them or ComfyUI changes, instead of spending ~10 s writing 300 MB each time.
+    """
+    source = Path(__file__).read_bytes() + (comfyui_dir / "comfyui_version.py").read_bytes()
+    stem, suffix = name.rsplit(".", 1)
+    path = cache_dir / f"{stem}-{hashlib.sha256(source).hexdigest()[:12]}.{suffix}"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            write(tmp)
+            os.replace(tmp, path)  # atomic: parallel test sessions may race here
+        finally:
+            tmp.unlink(missing_ok=True)
+    return path

@@ -15,9 +15,7 @@ slower there than fp32 for the full-size CLIP-L of the checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import time
 import urllib.error
 import urllib.request
@@ -32,8 +30,7 @@ TESTS_DIR = Path(__file__).resolve().parent
 TEST_CUSTOM_NODES = TESTS_DIR / "comfy_custom_nodes"
 SD15_CHECKPOINT = "ld3_test_tiny_sd15.safetensors"
 FLUX_VAE = "ld3_test_tiny_taef1.safetensors"
-# The random checkpoint is the same every time: cache it (git-ignored) under a name that changes
-# whenever the code that writes it or ComfyUI changes, instead of spending ~10 s writing 300 MB.
+# The random checkpoint is the same every time: cached (tiny_checkpoints.cached), not rewritten.
 MODEL_CACHE = PACK_ROOT / ".cache" / "test-models"
 
 
@@ -107,19 +104,7 @@ def describe_failure(entry: dict) -> str:
 
 def _cached(name: str, write) -> Path:
     """`write(path)` once per version of tiny_checkpoints.py and ComfyUI; the cached file's path."""
-    source = (TESTS_DIR / "tiny_checkpoints.py").read_bytes() + (
-        COMFYUI_DIR / "comfyui_version.py"
-    ).read_bytes()
-    stem, suffix = name.rsplit(".", 1)
-    path = MODEL_CACHE / f"{stem}-{hashlib.sha256(source).hexdigest()[:12]}.{suffix}"
-    if not path.exists():
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            write(tmp)
-            os.replace(tmp, path)  # atomic: parallel test sessions may race here
-        finally:
-            tmp.unlink(missing_ok=True)
-    return path
+    return tiny_checkpoints.cached(name, write, MODEL_CACHE, COMFYUI_DIR)
 
 
 def _link(target: Path, link: Path) -> None:
