@@ -118,7 +118,10 @@ def test_lpips_through_a_video_vae_compares_every_frame_and_trains():
     )
     config = TrainConfig(steps=3, epochs_phase1=1, epochs_phase2=1, batch_size=1)
     result = api.learn_schedule(model, teacher, [cond], "euler", config, loss)
-    assert result.completed and len(result.train_curve) == 4
+    # 2 epochs of the 2 training samples, then hard-example mining (LPIPS through the video VAE too):
+    # 2 rounds, each adds 1 teacher pair (of 16 fresh noises) and trains 1 epoch: 3, then 4 samples.
+    assert result.completed and result.mined_pairs == 2
+    assert len(result.train_curve) == 2 * 2 + 3 + 4
     assert all(torch.isfinite(torch.tensor(result.train_curve)))
     assert result.best_validation_loss <= result.initial_validation_loss
 
