@@ -64,7 +64,11 @@ def train(setup, vae, loss_kind, recipe, decoupled, seed=0):
     model, cond, teacher = setup
     loss = make_loss(loss_kind, vae=vae, lpips_weights=str(LPIPS_WEIGHTS))
     config = TrainConfig.for_recipe(recipe, STEPS, decoupled, seed)
-    config = replace(config, epochs_phase1=1, epochs_phase2=2, stop_patience=None, batch_size=1)
+    # Three epochs exactly: hard-example mining (more epochs and pairs) is tested in test_trainer,
+    # test_latent_shapes and test_nodes.
+    config = replace(
+        config, epochs_phase1=1, epochs_phase2=2, stop_patience=None, batch_size=1, mining_rounds=0
+    )
     return learn_schedule(model, teacher, [cond], SAMPLER, config, loss)
 
 
