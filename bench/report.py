@@ -223,6 +223,11 @@ def render(run_info: dict | None = None) -> str:
         if "memory_cpu.png" in plots:
             lines += ["![memory](bench/results/memory_cpu.png)", ""]
 
+    # ---- side-by-side studies (hand-written: bench/compare_configs.py runs that decided a default) ----
+    studies = env.RESULTS_DIR / "side_by_side.md"
+    if studies.is_file():
+        lines += ["## Side-by-side studies", "", studies.read_text().rstrip(), ""]
+
     # ---- GPU ----
     lines += ["## GPU", ""]
     if gpu:

@@ -62,6 +62,12 @@ def cells(records: list[dict], oracle: list[dict]) -> list[dict]:
                 else optimum["steps_only_ratio_other"]
             )
             row["full_from_learned"] = learned_best < searched
+            if "transfer_ratio" in optimum:
+                # Every learned schedule is a method that never saw the held-out noises: where one did
+                # better than the search fitted on the other noises (a local search from one start), it
+                # is the out-of-sample bar.
+                row["transfer"] = min(optimum["transfer_ratio"], learned_best)
+                row["transfer_from_learned"] = learned_best < optimum["transfer_ratio"]
         for recipe in RECIPES + ("ld3 lpips",):
             r = methods.get(recipe)
             if r is None:
@@ -79,16 +85,18 @@ def cells(records: list[dict], oracle: list[dict]) -> list[dict]:
             }
             if optimum is not None:
                 entry["share"] = share(entry["ratio"], row["full"])
+            if "transfer" in row:
+                entry["share_transfer"] = share(entry["ratio"], row["transfer"])
             row[recipe] = entry
         out.append(row)
     return out
 
 
-def _share_text(entry: dict | None) -> str:
-    if not entry or "share" not in entry or not math.isfinite(entry["share"]):
+def _share_text(entry: dict | None, key: str = "share") -> str:
+    if not entry or key not in entry or not math.isfinite(entry[key]):
         return ""
-    text = f"{entry['share']:.0%}"
-    return f"**{text}**" if entry["share"] >= TARGET_SHARE else text
+    text = f"{entry[key]:.0%}"
+    return f"**{text}**" if entry[key] >= TARGET_SHARE else text
 
 
 def summary(rows: list[dict]) -> list[str]:
@@ -115,6 +123,13 @@ def summary(rows: list[dict]) -> list[str]:
                     f"; share of the achievable gain: mean {statistics.mean(shares):.0%}, min {min(shares):.0%}, "
                     f">= {TARGET_SHARE:.0%} in {sum(s >= TARGET_SHARE for s in shares)}/{len(shares)}"
                 )
+            transfer = [r[recipe]["share_transfer"] for r in have if "share_transfer" in r[recipe]]
+            if transfer:
+                text += (
+                    f" (of the optimum fitted on other noises: mean {statistics.mean(transfer):.0%}, "
+                    f"min {min(transfer):.0%}, >= {TARGET_SHARE:.0%} in "
+                    f"{sum(s >= TARGET_SHARE for s in transfer)}/{len(transfer)})"
+                )
             ok = above == 0 and (not shares or min(shares) >= TARGET_SHARE) if recipe == "ld3" else None
             verdict = "" if ok is None else ("met" if ok else "**not met**")
             lines.append(text + f" | {verdict} |")
@@ -126,18 +141,17 @@ def tables(rows: list[dict]) -> list[str]:
     for model in sorted({r["model"] for r in rows}):
         members = [r for r in rows if r["model"] == model]
         with_oracle = any("full" in r for r in members)
+        with_transfer = any("transfer" in r for r in members)
         lines += [f"### {model}", ""]
         header = ["sampler", "NFE", "best built-in (RMSE)"]
         if with_oracle:
             header += ["optimum: step sigmas only", "optimum: all three (other noises)"]
-        header += [
-            "ld3 (per seed)",
-            "ld3 share",
-            "learned used",
-            "paper",
-            "paper share",
-            "ld3 s / iterations",
-        ]
+        if with_transfer:
+            header += ["all three, fitted on other noises"]
+        header += ["ld3 (per seed)", "ld3 share"]
+        if with_transfer:
+            header += ["of fitted elsewhere"]
+        header += ["learned used", "paper", "paper share", "ld3 s / iterations"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for r in sorted(members, key=lambda r: (r["nfe"], r["sampler"])):
             nfe = f"{r['nfe']}" + (f" ({r['nfe_used']} used)" if r["nfe_used"] != r["nfe"] else "")
@@ -148,15 +162,19 @@ def tables(rows: list[dict]) -> list[str]:
                     cols += [_fmt(r["steps_only"]), f"{_fmt(r['full'])}{mark} ({_fmt(r['full_other'])})"]
                 else:
                     cols += ["", ""]
+            if with_transfer:
+                mark = "*" if r.get("transfer_from_learned") else ""
+                cols.append(f"{_fmt(r['transfer'])}{mark}" if "transfer" in r else "")
             ld3, paper = r.get("ld3"), r.get("paper")
             if ld3:
                 cols += [
                     f"**{ld3['ratio']:.3f}** ({' / '.join(f'{x:.2f}' for x in ld3['per_seed'])})",
                     _share_text(ld3),
-                    f"{ld3['used']}/{ld3['seeds']}",
                 ]
+                cols += [_share_text(ld3, "share_transfer")] if with_transfer else []
+                cols.append(f"{ld3['used']}/{ld3['seeds']}")
             else:
-                cols += ["", "", ""]
+                cols += ["", "", ""] + ([""] if with_transfer else [])
             cols += [f"{paper['ratio']:.3f}" if paper else "", _share_text(paper)]
             cols.append(f"{ld3['train_s']:.1f} / {ld3['iterations']:.0f}" if ld3 else "")
             lines.append("| " + " | ".join(cols) + " |")
@@ -226,7 +244,13 @@ NOTES = [
     "step-sigma optimum and from the best learned schedule): with the step sigmas only, and with all three",
     "sigmas per step; in brackets the all-three optimum on 512 other noises it was not fitted to. * = a learned",
     "schedule of this run was better on the held-out noises than the oracle's own search, and sets the optimum.",
-    "share = (1 - ratio) / (1 - optimum ratio): the part of the achievable gain captured.",
+    "share = (1 - ratio) / (1 - optimum ratio): the part of the achievable gain captured. 'Fitted on other",
+    "noises': the same search for all three sigmas run on the 512 other noises with their exact endpoints and",
+    "scored on the held-out ones: what a method with ten times the default teacher pairs and no teacher error",
+    "reaches when, like every method, it never sees the noises it is scored on (* = a learned schedule of this",
+    "run did better and sets it); 'of fitted elsewhere' is the share of that gain. Where it sits far above the",
+    "in-sample optimum, the in-sample gain is mostly fitted to the few held-out noises that land near another",
+    "mode and dominate the mean.",
     "Recipes: `ld3` (the default: step sigma, network time and scaling sigma per step, Adam, best by",
     "validation) and `paper` (the paper's App. B.1: soft teacher forcing, the network's time inside half a",
     "log-gap, RMSprop/SGD, 2 + 3 epochs). Heun spends two calls a step except the last (NFE 6: 3 steps, 5 used).",

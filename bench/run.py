@@ -87,7 +87,15 @@ def main(argv=None) -> int:
         help="the models whose cells get the oracle in this run (default: every model that has one; "
         "bench/oracle.py can add the rest later)",
     )
+    parser.add_argument(
+        "--keep-other-models",
+        action="store_true",
+        help="with --models: keep the other models' quality rows of the last run (bench/out/quality_rows.json); "
+        "BENCHMARKS.md names them and the date of that run",
+    )
     args = parser.parse_args(argv)
+    if args.keep_other_models and not args.models:
+        parser.error("--keep-other-models needs --models (the models this run measures again)")
 
     started = time.perf_counter()
     load_start = os.getloadavg()
@@ -96,6 +104,14 @@ def main(argv=None) -> int:
     if args.rows and not rows_file.is_file():
         parser.error(f"--rows: there is no {rows_file}")
     reused = f" (quality cells reused from {rows_file.name} of {_mtime(rows_file)})" if args.rows else ""
+    kept = []
+    if args.keep_other_models and rows_file.is_file():
+        kept = [r for r in json.loads(rows_file.read_text()) if r["model"] not in args.models]
+        if kept:
+            reused += (
+                f" (the rows of {', '.join(sorted({r['model'] for r in kept}))} are those of the run of "
+                f"{_mtime(rows_file)}, with the code of that time)"
+            )
     if not args.rows:  # the held-out sets stay for --rows: the oracle scores on them
         shutil.rmtree(env.BENCH_DIR / "out" / "cache", ignore_errors=True)
     # This run's CPU results replace the last ones (gpu*.json and its notes come from bench/gpu.py).
@@ -138,7 +154,7 @@ def main(argv=None) -> int:
                     flush=True,
                 )
         (env.BENCH_DIR / "out").mkdir(exist_ok=True)
-        rows_file.write_text(json.dumps(rows, indent=1))
+        rows_file.write_text(json.dumps(rows + kept, indent=1))
         cells = {(r["model"], r["sampler"], r["nfe"]) for r in rows if r["kind"] == "learned"}
         cells &= set(quality.oracle_cells(args.oracle_models or used))
         known = json.loads(ORACLE_FILE.read_text()) if ORACLE_FILE.is_file() else []
@@ -150,7 +166,7 @@ def main(argv=None) -> int:
             oracle.run(cells, pool, rows, ORACLE_FILE, log=lambda msg: print(msg, flush=True))
             print(f"oracle: done at {time.perf_counter() - started:.0f} s", flush=True)
 
-    records = quality.aggregate(rows)
+    records = quality.aggregate(rows + kept)
     (env.RESULTS_DIR / "quality.json").write_text(json.dumps(records, indent=1))
     if cost is not None:
         (env.RESULTS_DIR / "cost.json").write_text(json.dumps(cost, indent=1))
