@@ -44,6 +44,15 @@ class TeacherBundle:
         return float(self.conditionings[0].cfg)
 
 
+def advanced(spec):
+    """Mark a widget input as advanced: current frontends fold such inputs into a collapsed 'Advanced
+    Inputs' section of the node (``options.advanced`` in /object_info; ComfyUI PR #11939, frontend PR
+    #8146/#8147); older ones ignore the key. Set through ``extra_dict``, which every schema version's
+    ``Input.as_dict`` merges (0.3.75's typed inputs take no ``advanced`` argument)."""
+    spec.extra_dict["advanced"] = True
+    return spec
+
+
 def report_output(*outputs, report: str) -> io.NodeOutput:
     """A node's outputs ending with its report: shown on the node itself (the frontend's node text), and as
     the STRING output and ui text in Markdown paragraphs (what PreviewAny renders and /history keeps)."""

@@ -18,6 +18,7 @@ from ._common import (
     NodeProgress,
     Teacher,
     TeacherBundle,
+    advanced,
     link_type_error,
     lpips_weights_path,
     report_output,
@@ -72,15 +73,17 @@ class LD3TrainSigmas(io.ComfyNode):
                     tooltip="lpips: perceptual distance of decoded images (paper; needs the VAE). l2: root-mean-"
                     "square distance in latent space (no VAE, faster, usually worse).",
                 ),
-                io.Float.Input(
-                    "soft_gamma",
-                    default=0.0,
-                    min=0.0,
-                    max=0.1,
-                    step=0.0001,
-                    round=0.0001,
-                    tooltip="recipe 'custom' only. Soft teacher forcing (paper Eq. 5): the student may start "
-                    "within r = gamma * d / steps^2 of the teacher's noise. 0 = hard teacher forcing.",
+                advanced(
+                    io.Float.Input(
+                        "soft_gamma",
+                        default=0.0,
+                        min=0.0,
+                        max=0.1,
+                        step=0.0001,
+                        round=0.0001,
+                        tooltip="recipe 'custom' only. Soft teacher forcing (paper Eq. 5): the student may start "
+                        "within r = gamma * d / steps^2 of the teacher's noise. 0 = hard teacher forcing.",
+                    )
                 ),
                 io.Boolean.Input(
                     "decoupled_times",
@@ -89,36 +92,44 @@ class LD3TrainSigmas(io.ComfyNode):
                     "input and output are scaled with; the paper's recipe: its time within half a step). Off: "
                     "the step sigmas only, usable as a plain SIGMAS schedule, usually much less gain.",
                 ),
-                io.Int.Input(
-                    "epochs_phase1",
-                    default=0,
-                    min=0,
-                    max=100,
-                    tooltip="recipe 'custom' only. Epochs training the step sigmas only (paper: 2).",
+                advanced(
+                    io.Int.Input(
+                        "epochs_phase1",
+                        default=0,
+                        min=0,
+                        max=100,
+                        tooltip="recipe 'custom' only. Epochs training the step sigmas only (paper: 2).",
+                    )
                 ),
-                io.Int.Input(
-                    "epochs_phase2",
-                    default=40,
-                    min=0,
-                    max=100,
-                    tooltip="recipe 'custom' only. Epochs also training what the network is told (paper: 3-5; "
-                    "training stops earlier when validation stops improving).",
+                advanced(
+                    io.Int.Input(
+                        "epochs_phase2",
+                        default=40,
+                        min=0,
+                        max=100,
+                        tooltip="recipe 'custom' only. Epochs also training what the network is told (paper: 3-5; "
+                        "training stops earlier when validation stops improving).",
+                    )
                 ),
-                io.Float.Input(
-                    "lr_steps",
-                    default=0.03,
-                    min=0.000001,
-                    max=1.0,
-                    step=0.0001,
-                    round=0.000001,
-                    tooltip="recipe 'custom' only. Adam learning rate of the step sigmas' logits.",
+                advanced(
+                    io.Float.Input(
+                        "lr_steps",
+                        default=0.03,
+                        min=0.000001,
+                        max=1.0,
+                        step=0.0001,
+                        round=0.000001,
+                        tooltip="recipe 'custom' only. Adam learning rate of the step sigmas' logits.",
+                    )
                 ),
-                io.Int.Input(
-                    "batch_size",
-                    default=5,
-                    min=1,
-                    max=64,
-                    tooltip="recipe 'custom' only. Teacher samples per training iteration (paper: 1-2).",
+                advanced(
+                    io.Int.Input(
+                        "batch_size",
+                        default=5,
+                        min=1,
+                        max=64,
+                        tooltip="recipe 'custom' only. Teacher samples per training iteration (paper: 1-2).",
+                    )
                 ),
                 io.Int.Input(
                     "seed",

@@ -55,6 +55,20 @@ def test_every_node_is_live_with_category_and_description(comfy_server, ld3_node
 
 
 @pytest.mark.server
+def test_the_custom_recipe_knobs_are_advanced_inputs(comfy_server):
+    """Train Sigmas' paper knobs (read only by recipe 'custom') are folded away in current frontends; the
+    everyday inputs stay visible."""
+    inputs = comfy_server.object_info()["LD3TrainSigmas"]["input"]
+    flagged = {
+        name
+        for section in ("required", "optional")
+        for name, spec in inputs.get(section, {}).items()
+        if spec[1].get("advanced")
+    }
+    assert flagged == {"soft_gamma", "epochs_phase1", "epochs_phase2", "lr_steps", "batch_size"}
+
+
+@pytest.mark.server
 def test_resample_node_runs_in_the_executor(comfy_server):
     """OptimalStepsScheduler (FLUX, 10 steps) -> LD3 Resample Sigmas (3 steps) -> Preview as Text."""
     graph = {
