@@ -25,6 +25,16 @@ def test_entrypoint_lists_v3_nodes_only(ld3_pack, ld3_node_classes):
     assert len(ids) == len(set(ids)), f"duplicate node ids: {ids}"
 
 
+def test_the_version_is_pyprojects():
+    """Schedule files record ld3_core.__version__; the registry reads pyproject.toml: one number."""
+    import tomllib
+
+    import ld3_core
+
+    project = tomllib.loads((PACK_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert ld3_core.__version__ == project["version"]
+
+
 @pytest.mark.server
 def test_server_log_shows_pack_loaded(comfy_server):
     log = comfy_server.log()
