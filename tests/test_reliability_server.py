@@ -3,7 +3,6 @@
 Each case ends with a normal prompt on the same server: a failure must leave nothing half-done behind.
 """
 
-import asyncio
 import json
 import pickle
 import uuid
@@ -41,32 +40,19 @@ def _cancel_at_first_progress(
 ) -> tuple[str, list[int]]:
     """Queue ``graph`` listening on the websocket as the frontend does; press Cancel (POST /interrupt) at
     ``node``'s first progress message. The prompt id and every progress value ``node`` reported."""
-    client_id = uuid.uuid4().hex
     values: list[int] = []
 
-    async def listen() -> str:
-        async with aiohttp.ClientSession() as session:
-            ws_url = server.base_url.replace("http", "ws", 1) + f"/ws?clientId={client_id}"
-            async with session.ws_connect(ws_url) as ws:
-                async with session.post(
-                    server.base_url + "/prompt", json={"prompt": graph, "client_id": client_id}
-                ) as response:
-                    assert response.status == 200, await response.text()
-                    prompt_id = (await response.json())["prompt_id"]
-                async for message in ws:
-                    if message.type != aiohttp.WSMsgType.TEXT:
-                        continue
-                    data = json.loads(message.data)
-                    if data["type"] == "progress" and data["data"].get("node") == node:
-                        values.append(int(data["data"]["value"]))
-                        if len(values) == 1:
-                            async with session.post(server.base_url + "/interrupt", json={}) as answer:
-                                assert answer.status == 200
-                    ended = data["type"] in ("execution_interrupted", "execution_success", "execution_error")
-                    if ended and data["data"].get("prompt_id") == prompt_id:
-                        return prompt_id
+    async def on_message(session, message) -> None:
+        if message.type != aiohttp.WSMsgType.TEXT:
+            return
+        data = json.loads(message.data)
+        if data["type"] == "progress" and data["data"].get("node") == node:
+            values.append(int(data["data"]["value"]))
+            if len(values) == 1:
+                async with session.post(server.base_url + "/interrupt", json={}) as answer:
+                    assert answer.status == 200
 
-    return asyncio.run(asyncio.wait_for(listen(), timeout)), values
+    return server.queue_and_listen(graph, on_message, timeout), values
 
 
 def test_cancel_during_teacher_generation_stops_within_a_step_and_writes_no_file(comfy_server):
