@@ -1,13 +1,11 @@
-"""One LD3 training iteration, instrumented: the trainer's step with its time split and memory.
+"""One LD3 training iteration, instrumented: the trainer's own step with its time split and memory.
 
-The iteration is the default recipe's step (ld3_core/trainer.py), built from the same pieces:
-``ScheduleParameters`` (every per-step sigma free), the ``DifferentiableSampler`` student (per-call
-checkpointing), the loss object, the recipe's optimisers (``make_optimizers``), gradient clipping, the
-projection onto the model's sigma range and, with ``soft_gamma``, the r-ball projection.
-What it adds is timing: an APPLY_MODEL wrapper placed *inside* LD3's checkpoint wrapper times every
-denoiser call and knows whether it runs in the forward pass or as the recompute inside backward, and
-a gradient hook on the student's output marks where the loss's backward ends and the solver's begins.
-Shared by bench/cost.py (CPU) and bench/gpu.py (CUDA).
+The iteration is ``TrainingLoop.step`` of ld3_core/trainer.py on the default recipe's pieces
+(``ScheduleParameters`` with every per-step sigma free, the ``DifferentiableSampler`` student with
+per-call checkpointing, the loss object), all samples in one batch. What the bench adds is timing: the
+step's ``clock`` marks where each part ends, and an APPLY_MODEL wrapper placed *inside* LD3's checkpoint
+wrapper times every denoiser call and knows whether it runs in the forward pass or as the recompute
+inside backward. Shared by bench/cost.py (CPU) and bench/gpu.py (CUDA).
 """
 
 from __future__ import annotations
@@ -56,7 +54,8 @@ def _timed_checkpoint_forward(phase: _Phase, device):
 
 
 class InstrumentedIteration:
-    """Repeatable phase-2 LD3 iterations on one model, sampler and NFE, with a per-part time split."""
+    """Repeatable phase-2 LD3 iterations on one model, sampler and NFE, with a per-part time split: the
+    trainer's own step (``TrainingLoop.step``), timed through its ``clock``."""
 
     def __init__(
         self,
@@ -75,77 +74,53 @@ class InstrumentedIteration:
 
         from ld3_core.comfy_adapter import DifferentiableSampler
         from ld3_core.parameterisation import ScheduleParameters, ball_radius
-        from ld3_core.trainer import TrainConfig, make_optimizers
+        from ld3_core.trainer import TrainConfig, TrainingData, TrainingLoop
 
         self.device = device
         self.phase = _Phase()
-        self.student = DifferentiableSampler(patcher, sampler, checkpoint=checkpoint)
-        self.student.model.add_wrapper_with_key(
+        sampler_module = DifferentiableSampler(patcher, sampler, checkpoint=checkpoint)
+        sampler_module.model.add_wrapper_with_key(
             pe.WrappersMP.APPLY_MODEL, TIMER_KEY, _timed_checkpoint_forward(self.phase, device)
         )
-        self.cond = cond
+        self.student = lambda x, _prompt, schedule: sampler_module(x, cond, schedule)
         self.steps = init_sigmas.numel() - 1
-        config = TrainConfig(steps=self.steps, soft_gamma=soft_gamma)
-        self.config = config
+        self.config = TrainConfig(steps=self.steps, soft_gamma=soft_gamma)
         self.loss = loss
         ms = patcher.get_model_object("model_sampling")
         with torch.inference_mode(False):
-            self.noise = noise.clone().float()
-            self.prepared = loss.prepare(targets.clone())
-            self.params = ScheduleParameters(
-                init_sigmas.float(),
-                config.freedom,
-                (float(ms.sigma_min), float(ms.sigma_max)),
-                config.first_offset,
+            noise = noise.clone().float()
+            everything = list(range(len(noise)))  # one batch of every sample, one prompt
+            self.data = TrainingData(
+                noise, loss.prepare(targets.clone()), torch.zeros(len(noise)), everything, everything[:1]
             )
-            self.noise_prime = self.noise.clone().requires_grad_(True)
+            params = ScheduleParameters(
+                init_sigmas.float(),
+                self.config.freedom,
+                (float(ms.sigma_min), float(ms.sigma_max)),
+                self.config.first_offset,
+            )
+            self.loop = TrainingLoop(params, self.config, noise, init_state=params.state())
+        self.batch = everything
         self.radius = ball_radius(soft_gamma, noise[0].numel(), self.steps)
-        self.opt_steps, self.opt_offsets = make_optimizers(config, self.params)
-        self.opt_noise = torch.optim.SGD([self.noise_prime], lr=12.0 / self.steps)
 
     def run(self) -> dict:
         """One iteration; returns seconds per part (and denoiser call counts)."""
-        from ld3_core.parameterisation import project_to_ball
-
         phase, device = self.phase, self.device
         phase.name, phase.forward_s, phase.recompute_s = "forward", 0.0, 0.0
         phase.calls = {"forward": 0, "backward": 0}
-        marks = {}
+        marks: dict[str, float] = {}
+
+        def clock(name: str) -> None:
+            _sync(device)
+            marks[name] = time.perf_counter()
+            # Denoiser calls between the loss and the end of backward are the checkpoint's recompute.
+            phase.name = {"loss": "backward", "backward": "forward"}.get(name, phase.name)
+
         with torch.inference_mode(False), torch.enable_grad():
-            _sync(device)
-            t0 = time.perf_counter()
-            out = self.student(self.noise_prime, self.cond, self.params.schedule())
-            _sync(device)
-            t1 = time.perf_counter()
-            value = self.loss(out, self.prepared).mean()
-            _sync(device)
-            t2 = time.perf_counter()
-
-            def mark(grad):
-                _sync(device)
-                marks["loss_backward_done"] = time.perf_counter()
-                return grad
-
-            out.register_hook(mark)
-            for opt in (self.opt_steps, self.opt_offsets, self.opt_noise):
-                opt.zero_grad(set_to_none=True)
-            phase.name = "backward"
-            value.backward()
-            _sync(device)
-            t3 = time.perf_counter()
-            phase.name = "forward"
-            for p in (self.params.step_logits, *self.params.offset_parameters()):
-                torch.nn.utils.clip_grad_norm_([p], self.config.grad_clip)
-            self.opt_steps.step()
-            self.opt_offsets.step()
-            self.params.project()
-            if self.radius > 0:
-                self.opt_noise.step()
-                with torch.no_grad():
-                    self.noise_prime.copy_(project_to_ball(self.noise_prime, self.noise, self.radius))
-            _sync(device)
-            t4 = time.perf_counter()
-        loss_bwd_end = marks.get("loss_backward_done", t2)
+            self.loop.step(self.student, self.loss, self.data, self.batch, 0, True, self.radius, clock=clock)
+        t0, t1, t2 = marks["start"], marks["forward"], marks["loss"]
+        t3, t4 = marks["backward"], marks["optimiser"]
+        loss_bwd_end = marks.get("loss_backward", t2)
         solver_backward = t3 - loss_bwd_end
         return {
             "total": t4 - t0,

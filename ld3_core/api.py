@@ -14,10 +14,11 @@ from . import model_patch
 from .comfy_adapter import Conditioning, DifferentiableSampler, out_of_memory_guard, sample_stock
 from .errors import LD3InputError
 from .identity import model_identity, same_model
-from .losses import L2Loss
+from .losses import L2Loss, make_loss
+from .plot import training_plots
 from .resample import resample_log_linear
 from .schedule import Schedule
-from .schedule_file import ScheduleRecord, load_schedule
+from .schedule_file import ScheduleRecord, ScheduleSaver, load_schedule, validate_schedule_name
 from .solvers import check_sampler
 from .teacher import TeacherData, is_flow, schedule_sigmas
 from .teacher_check import teacher_error_warning
@@ -138,12 +139,30 @@ def learn_schedule(
     check_sampler(sampler)
     check_steps(config.steps)
     check_teacher(teacher, model_patcher)
+    candidates = candidate_schedules(model_patcher, config.steps, sampler)
+    return _learn(
+        model_patcher,
+        teacher,
+        conditionings,
+        sampler,
+        config,
+        loss,
+        candidates,
+        on_progress,
+        on_best,
+        incumbent,
+    )
+
+
+def _learn(
+    model_patcher, teacher, conditionings, sampler, config, loss, candidates, on_progress, on_best, incumbent
+) -> TrainResult:
+    """learn_schedule once its inputs are checked and the built-in candidates built."""
     student = DifferentiableSampler(model_patcher, sampler)
 
     def run_student(noise, prompt, schedule):
         return student(noise, conditionings[prompt], schedule)
 
-    candidates = candidate_schedules(model_patcher, config.steps, sampler)
     model_sampling = model_patcher.get_model_object("model_sampling")
     sigma_range = (float(model_sampling.sigma_min), float(model_sampling.sigma_max))
     config = config_for_model(config, model_patcher)
@@ -180,6 +199,85 @@ def learn_schedule(
     if note := exact_ratio_note(teacher.info, result, loss):
         result.notes.append(note)
     return result
+
+
+@dataclass
+class TrainedSigmas:
+    """Everything LD3 Train Sigmas outputs: the verdict's schedule as SIGMAS and on a MODEL, the plot
+    (an IMAGE), the report, and the full TrainResult."""
+
+    sigmas: torch.Tensor
+    model: object
+    plot: torch.Tensor
+    report: str
+    result: TrainResult
+
+
+def train_sigmas(
+    model_patcher,
+    teacher: TeacherData,
+    conditionings: Sequence[Conditioning],
+    sampler: str,
+    config: TrainConfig,
+    loss_name: str,
+    directory: str | os.PathLike,
+    schedule_name: str,
+    versions: dict,
+    vae=None,
+    lpips_weights: str | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> TrainedSigmas:
+    """LD3 Train Sigmas in one call. Everything that can be checked is checked before any work (the name,
+    sampler, steps, the teacher and its model and step count, the schedule already saved under the name,
+    the loss); then the schedule is learned from the best built-in candidate (built once), the best one so
+    far saved at ``directory/schedule_name`` whenever it improves on what the file held; then the
+    verdict's choice goes onto a patched MODEL, with the plot and the one-line report."""
+    path = os.path.join(directory, validate_schedule_name(schedule_name, "schedule_name"))
+    steps = config.steps
+    check_sampler(sampler)
+    check_steps(steps)
+    check_teacher(teacher, model_patcher)
+    teacher_steps = int(teacher.info.get("steps", 0))
+    if teacher_steps and teacher_steps <= steps:
+        raise LD3InputError(
+            "steps",
+            f"the student's {steps} steps are not fewer than the teacher's {teacher_steps} steps",
+            "Use fewer steps here, or generate the teacher with more steps",
+        )
+    incumbent = schedule_to_beat(path, model_patcher, sampler, steps)
+    loss = make_loss(loss_name, vae, lpips_weights)
+    candidates = candidate_schedules(model_patcher, steps, sampler)
+    saver = ScheduleSaver(
+        path,
+        model_identity(model_patcher),
+        float(conditionings[0].cfg),
+        teacher.info.get("latent_shape") or teacher.noise.shape[1:],
+        sampler,
+        loss_name,
+        config.recipe,
+        versions,
+    )
+    result = _learn(
+        model_patcher,
+        teacher,
+        conditionings,
+        sampler,
+        config,
+        loss,
+        candidates,
+        on_progress,
+        saver,
+        incumbent,
+    )
+    saver(result)  # once more, now marked "completed", with what the verdict chose
+    output = result.output_schedule
+    return TrainedSigmas(
+        sigmas=output.step_sigmas.clone(),
+        model=model_patch.patch_model(model_patcher, output, sampler),
+        plot=training_plots(result, candidates, loss_name, decoupled=config.freedom != "steps"),
+        report=result.report(sampler, steps, f"models/ld3/{os.path.basename(path)}"),
+        result=result,
+    )
 
 
 def teacher_reference(model_patcher, teacher: TeacherData, conditionings: Sequence[Conditioning]):

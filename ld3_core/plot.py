@@ -333,3 +333,66 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+# -- the training plots (LD3 Train Sigmas) ----------------------------------------------------------
+
+
+def loss_plot(result, loss: str) -> torch.Tensor:
+    """A TrainResult's training loss per iteration, LD3's validation loss per epoch, and the best built-in's validation loss
+    (and LD3's best, when it beat it) as horizontal lines (x: iterations)."""
+    per_epoch = len(result.train_curve) / max(1, len(result.validation_curve))
+    validation = "LD3 validation (per epoch)"
+    series = {
+        validation: [(0, result.initial_validation_loss)]
+        + [((e + 1) * per_epoch, v) for e, v in enumerate(result.validation_curve)],
+        "train (per iteration)": [(i + 1, v) for i, v in enumerate(result.train_curve)],
+    }
+    builtin = f"best built-in ({result.initial_scheduler}) on validation"
+    hlines = {builtin: result.initial_validation_loss}
+    emphasis = {validation: "learned", builtin: "reference"}
+    if result.validation_curve and result.best_validation_loss < result.initial_validation_loss:
+        hlines["LD3 best on validation"] = result.best_validation_loss
+        emphasis["LD3 best on validation"] = "learned"
+    values = [v for points in series.values() for _, v in points] + list(hlines.values())
+    title = f"LD3 training ({loss} loss; start: {result.initial_scheduler})"
+    log_y = all(v > 0 for v in values if math.isfinite(v))
+    return line_plot(series, title, "iteration", f"{loss} loss", log_y, emphasis=emphasis, hlines=hlines)
+
+
+def schedule_plot(result, candidates: Mapping[str, torch.Tensor], decoupled: bool) -> torch.Tensor:
+    """The learned step sigmas (and what the network is told) against the best built-in (where training
+    started) and the other built-in schedulers, log axis."""
+    learned = result.schedule
+    series = {"LD3 step sigma": list(enumerate(learned.step_sigmas[:-1].tolist()))}
+    if decoupled:
+        series["LD3 network time"] = list(enumerate(learned.model_sigmas.tolist()))
+        series["LD3 scaling sigma"] = list(enumerate(learned.scale_sigmas.tolist()))
+    emphasis = dict.fromkeys(series, "learned")
+    start = f"{result.initial_scheduler} (best built-in, start)"
+    series[start] = list(enumerate(result.initial_schedule.step_sigmas[:-1].tolist()))
+    emphasis[start] = "reference"
+    for name, sigmas in candidates.items():
+        if name != result.initial_scheduler:
+            series[name] = list(enumerate(sigmas[:-1].tolist()))
+    title = "Schedules (the final sigma 0 not shown)"
+    return line_plot(series, title, "step", "sigma", log_y=True, emphasis=emphasis)
+
+
+def stack_images(images: list[torch.Tensor]) -> torch.Tensor:
+    """Stack IMAGE tensors [1, H, W, 3] vertically into one image, padding narrower ones with white."""
+    width = max(int(img.shape[2]) for img in images)
+    padded = [
+        torch.nn.functional.pad(img, (0, 0, 0, width - int(img.shape[2])), value=1.0)
+        if img.shape[2] < width
+        else img
+        for img in images
+    ]
+    return torch.cat(padded, dim=1)
+
+
+def training_plots(
+    result, candidates: Mapping[str, torch.Tensor], loss: str, decoupled: bool
+) -> torch.Tensor:
+    """LD3 Train Sigmas' plot: the loss curves above the schedules, one IMAGE."""
+    return stack_images([loss_plot(result, loss), schedule_plot(result, candidates, decoupled)])

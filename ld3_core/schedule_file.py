@@ -417,3 +417,55 @@ def _is_int(value) -> bool:
 
 def _is_finite_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class ScheduleSaver:
+    """on_best callback: writes the best schedule so far (atomically), "completed" once training ends."""
+
+    def __init__(
+        self,
+        path,
+        identity: dict,
+        cfg: float,
+        latent_shape,
+        sampler: str,
+        loss: str,
+        recipe: str,
+        versions: dict,
+    ):
+        self.path = path
+        self.identity = identity
+        self.cfg = cfg
+        self.latent_shape = tuple(latent_shape)
+        self.sampler = sampler
+        self.loss = loss
+        self.recipe = recipe
+        self.versions = versions
+
+    def __call__(self, result) -> None:  # a TrainResult
+        if not result.beats_incumbent:  # the schedule saved under this name is better: keep it
+            return
+        schedule = result.output_schedule if result.completed else result.schedule
+        train = {
+            "validation_curve": list(result.validation_curve),
+            "best_validation_loss": float(result.best_validation_loss),
+            "initial_scheduler": result.initial_scheduler,
+            "initial_validation_loss": float(result.initial_validation_loss),
+            "epochs_done": int(result.epochs_done),
+            "mined_pairs": int(result.mined_pairs),
+            "status": "completed" if result.completed else "interrupted",
+            "recipe": self.recipe,
+        }
+        if result.verdict is not None:
+            train["verdict"] = result.verdict.as_dict()
+        record = ScheduleRecord(
+            *schedule.tensors(),
+            sampler=self.sampler,
+            cfg=self.cfg,
+            latent_shape=self.latent_shape,
+            model=self.identity,
+            loss=self.loss,
+            train=train,
+            versions=self.versions,
+        )
+        save_schedule(self.path, record)

@@ -181,6 +181,18 @@ def check_teacher_inputs(sampler: str, scheduler: str, count: int, conditionings
         raise LD3InputError("positive", "no conditioning given", "Connect at least one prompt")
 
 
+def step_callback(progress, done: int, batch: int, total: int):
+    """A stock sampler's per-step callback that reports ``done + (step + 1) x batch`` of ``total``
+    sample-steps to ``progress`` (None without one)."""
+    if progress is None:
+        return None
+
+    def callback(step, *_):
+        progress(done + (int(step) + 1) * batch, total)
+
+    return callback
+
+
 def generate_teacher(
     model_patcher,
     conditionings: Sequence[Conditioning],
@@ -193,7 +205,11 @@ def generate_teacher(
     batch_size: int = 4,
     progress: Callable[[int, int], None] | None = None,
 ) -> TeacherData:
-    """Run the stock sampler on ``count`` seeded noises, prompts taken round-robin."""
+    """Run the stock sampler on ``count`` seeded noises, prompts taken round-robin.
+
+    ``progress(done, total)`` counts sample-steps (total = count x steps) and is called after every
+    sampler step, so a progress callback that raises (Cancel) stops within one step at any batch size.
+    """
     check_teacher_inputs(sampler, scheduler, count, conditionings)
     resolved = resolve_scheduler(model_patcher, scheduler)
     sigmas = schedule_sigmas(model_patcher, resolved, steps, sampler)
@@ -210,11 +226,19 @@ def generate_teacher(
         for start in range(0, len(idx), batch_size):
             batch = idx[start : start + batch_size]
             with out_of_memory_guard("generating teacher samples"):
-                out = sample_stock(model_patcher, cond, sampler, sigmas, noise[batch], seed=seed)
+                out = sample_stock(
+                    model_patcher,
+                    cond,
+                    sampler,
+                    sigmas,
+                    noise[batch],
+                    seed=seed,
+                    callback=step_callback(progress, done * steps, len(batch), count * steps),
+                )
             targets[batch] = out.float().cpu()
             done += len(batch)
             if progress is not None:
-                progress(done, count)
+                progress(done * steps, count * steps)
     if not torch.isfinite(targets).all():
         raise LD3InputError(
             "model",

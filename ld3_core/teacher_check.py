@@ -32,6 +32,7 @@ from .teacher import (
     generate_teacher,
     schedule_sigmas,
     start_noise,
+    step_callback,
 )
 
 SELF_CHECK_SAMPLES = 2
@@ -86,8 +87,11 @@ def generate_checked_teacher(
         for start in range(0, len(noise), batch_size):
             batch = noise[start : start + batch_size]
             with out_of_memory_guard("checking the teacher's error"):
+                callback = step_callback(progress, done, len(batch), total)
                 outs.append(
-                    sample_stock(model_patcher, conditionings[0], sampler, sigmas, batch, seed=seed)
+                    sample_stock(
+                        model_patcher, conditionings[0], sampler, sigmas, batch, seed=seed, callback=callback
+                    )
                     .float()
                     .cpu()
                 )
@@ -103,9 +107,9 @@ def generate_checked_teacher(
             )
         return out
 
-    def teacher_progress(finished: int, _count: int) -> None:
+    def teacher_progress(finished: int, _total: int) -> None:  # sample-steps of the teacher itself
         if progress is not None:
-            progress(finished * steps, total)
+            progress(finished, total)
 
     teacher = generate_teacher(
         model_patcher,

@@ -359,7 +359,7 @@ def train_schedule(
             "teacher", "needs both training and validation samples", "Generate at least 2 teacher samples"
         )
 
-    data = _Data(noise, loss.prepare(targets), prompts.clone(), train_idx, val_idx)
+    data = TrainingData(noise, loss.prepare(targets), prompts.clone(), train_idx, val_idx)
 
     def validate(schedule: Schedule) -> torch.Tensor:
         return _losses(
@@ -390,7 +390,7 @@ def train_schedule(
         init_sigmas, config.freedom, sigma_range, config.first_offset, pin_first=bool(config.pin_first)
     )
     radius = ball_radius(config.soft_gamma, noise[0].numel(), n)
-    state = _LoopState(params, config, data.noise, init_state=params.state())
+    state = TrainingLoop(params, config, data.noise, init_state=params.state())
 
     result = TrainResult(
         schedule=Schedule.plain(init_sigmas.clone()),
@@ -529,7 +529,7 @@ def _finite_or_inf(value: float) -> float:
     return value if math.isfinite(value) else math.inf
 
 
-class _Data:
+class TrainingData:
     """The samples as training goes on: unit noise, prepared targets, prompts, which train / validate,
     and each validation sample's weight (mined pairs stand for the share of a pool they were drawn from)."""
 
@@ -561,7 +561,7 @@ class _Data:
         return float((values.double() * self.weights()).sum())
 
 
-class _LoopState:
+class TrainingLoop:
     """The optimisers, the soft-teacher-forcing noise x'_T and the best parameters of one run."""
 
     def __init__(self, params: ScheduleParameters, config: TrainConfig, noise, init_state):
@@ -579,20 +579,41 @@ class _LoopState:
         )
 
     def step(
-        self, student, loss, data: _Data, batch, prompt, phase2: bool, radius: float, at: tuple
+        self,
+        student,
+        loss,
+        data: TrainingData,
+        batch,
+        prompt,
+        phase2: bool,
+        radius: float,
+        at: tuple = (0, 0),
+        clock: Callable[[str], None] | None = None,
     ) -> float:
-        """One iteration of Algorithm 1 on ``batch``: the loss before the update."""
+        """One iteration of Algorithm 1 on ``batch``: the loss before the update.
+
+        ``clock(name)``, if given, is called as each part ends: "forward" (the student's solve), "loss",
+        "loss_backward" (from a gradient hook on the student's output), "backward", "optimiser"; and
+        "start" first. bench/iteration.py times the trainer's own step with it.
+        """
+        tick = clock or (lambda _name: None)
+        tick("start")
         if len(self.noise_prime) < len(data.noise):  # pairs were added: their x'_T starts at x_T
             grown = torch.cat([self.noise_prime.detach(), data.noise[len(self.noise_prime) :].float()])
             self._noise_prime(grown)
         params = self.params
         out = student(self.noise_prime[batch], prompt, params.schedule(phase2))
+        tick("forward")
         batch_loss = loss(out, data.targets[batch]).mean()
         _finite_or_raise(batch_loss.detach(), "the loss", *at)
+        tick("loss")
+        if clock is not None and out.requires_grad:
+            out.register_hook(lambda grad: (clock("loss_backward"), grad)[1])
         for opt in (self.opt_steps, self.opt_offsets, self.opt_noise):
             if opt is not None:
                 opt.zero_grad(set_to_none=True)
         batch_loss.backward()
+        tick("backward")
         trained = [params.step_logits] + (params.offset_parameters() if phase2 else [])
         for p in trained:
             if p.grad is not None:
@@ -606,6 +627,7 @@ class _LoopState:
             self.opt_noise.step()
             with torch.no_grad():
                 self.noise_prime[batch] = project_to_ball(self.noise_prime[batch], data.noise[batch], radius)
+        tick("optimiser")
         return batch_loss.item()
 
     def decay(self) -> None:
@@ -628,7 +650,7 @@ class _LoopState:
 
 
 def _mine(
-    config, student, loss, data: _Data, result: TrainResult, params, reference, round_index: int
+    config, student, loss, data: TrainingData, result: TrainResult, params, reference, round_index: int
 ) -> int:
     """One round of hard-example mining (``TrainConfig.mining_rounds``): pairs added to ``data``."""
     base = len(data.noise) - sum(count for count, _ in data.strata)

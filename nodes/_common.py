@@ -10,9 +10,9 @@ from pathlib import Path
 import comfy.model_management
 import comfy.utils
 import folder_paths
-import torch
 from comfy_api.latest import io, ui
 
+from ..ld3_core import __version__
 from ..ld3_core.comfy_adapter import Conditioning
 from ..ld3_core.comfy_requirements import check_at_load
 from ..ld3_core.comfy_ui import as_markdown, set_node_text_sink, show_on_node
@@ -42,6 +42,15 @@ class TeacherBundle:
     @property
     def cfg(self) -> float:
         return float(self.conditionings[0].cfg)
+
+
+def advanced(spec):
+    """Mark a widget input as advanced: current frontends fold such inputs into a collapsed 'Advanced
+    Inputs' section of the node (``options.advanced`` in /object_info; ComfyUI PR #11939, frontend PR
+    #8146/#8147); older ones ignore the key. Set through ``extra_dict``, which every schema version's
+    ``Input.as_dict`` merges (0.3.75's typed inputs take no ``advanced`` argument)."""
+    spec.extra_dict["advanced"] = True
+    return spec
 
 
 def report_output(*outputs, report: str) -> io.NodeOutput:
@@ -95,17 +104,8 @@ def versions() -> dict:
         out["comfyui_version"] = str(comfyui_version.__version__)
     except ImportError:  # ComfyUI run as a library from elsewhere: the version is simply not recorded
         pass
-    match = re.search(r'^version\s*=\s*"([^"]+)"', _read_text(PACK_ROOT / "pyproject.toml"), re.MULTILINE)
-    if match:
-        out["ld3"] = match.group(1)
+    out["ld3"] = __version__
     return out
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except OSError:
-        return ""
 
 
 class NodeProgress:
@@ -202,15 +202,3 @@ def save_teacher_file(teacher: TeacherData, name: str) -> Path:
     path = next_numbered_path(teacher_dir(), stem)
     atomic_write(path, teacher_file_bytes(teacher, versions()))
     return path
-
-
-def stack_images(images: list[torch.Tensor]) -> torch.Tensor:
-    """Stack IMAGE tensors [1, H, W, 3] vertically into one image, padding narrower ones with white."""
-    width = max(int(img.shape[2]) for img in images)
-    padded = [
-        torch.nn.functional.pad(img, (0, 0, 0, width - int(img.shape[2])), value=1.0)
-        if img.shape[2] < width
-        else img
-        for img in images
-    ]
-    return torch.cat(padded, dim=1)

@@ -1,28 +1,24 @@
 """LD3 Train Sigmas: learn a few-step schedule (three sigmas per step) for one model, sampler and step count."""
 
 import logging
-import math
 
 from comfy_api.latest import io
 
-from ..ld3_core.api import candidate_schedules, check_teacher, learn_schedule, schedule_to_beat
+from ..ld3_core.api import train_sigmas
 from ..ld3_core.errors import LD3InputError
-from ..ld3_core.identity import model_identity
-from ..ld3_core.losses import LOSSES, make_loss
-from ..ld3_core.model_patch import patch_model
-from ..ld3_core.plot import line_plot
-from ..ld3_core.schedule_file import ScheduleRecord, save_schedule, validate_schedule_name
+from ..ld3_core.losses import LOSSES
+from ..ld3_core.schedule_file import validate_schedule_name
 from ..ld3_core.solvers import SUPPORTED_SAMPLERS
-from ..ld3_core.trainer import RECIPES, Progress, TrainConfig, TrainResult
+from ..ld3_core.trainer import RECIPES, TrainConfig
 from ._common import (
     NodeProgress,
     Teacher,
     TeacherBundle,
+    advanced,
     link_type_error,
     lpips_weights_path,
     report_output,
     schedule_dir,
-    stack_images,
     versions,
 )
 
@@ -72,15 +68,17 @@ class LD3TrainSigmas(io.ComfyNode):
                     tooltip="lpips: perceptual distance of decoded images (paper; needs the VAE). l2: root-mean-"
                     "square distance in latent space (no VAE, faster, usually worse).",
                 ),
-                io.Float.Input(
-                    "soft_gamma",
-                    default=0.0,
-                    min=0.0,
-                    max=0.1,
-                    step=0.0001,
-                    round=0.0001,
-                    tooltip="recipe 'custom' only. Soft teacher forcing (paper Eq. 5): the student may start "
-                    "within r = gamma * d / steps^2 of the teacher's noise. 0 = hard teacher forcing.",
+                advanced(
+                    io.Float.Input(
+                        "soft_gamma",
+                        default=0.0,
+                        min=0.0,
+                        max=0.1,
+                        step=0.0001,
+                        round=0.0001,
+                        tooltip="recipe 'custom' only. Soft teacher forcing (paper Eq. 5): the student may start "
+                        "within r = gamma * d / steps^2 of the teacher's noise. 0 = hard teacher forcing.",
+                    )
                 ),
                 io.Boolean.Input(
                     "decoupled_times",
@@ -89,36 +87,44 @@ class LD3TrainSigmas(io.ComfyNode):
                     "input and output are scaled with; the paper's recipe: its time within half a step). Off: "
                     "the step sigmas only, usable as a plain SIGMAS schedule, usually much less gain.",
                 ),
-                io.Int.Input(
-                    "epochs_phase1",
-                    default=0,
-                    min=0,
-                    max=100,
-                    tooltip="recipe 'custom' only. Epochs training the step sigmas only (paper: 2).",
+                advanced(
+                    io.Int.Input(
+                        "epochs_phase1",
+                        default=0,
+                        min=0,
+                        max=100,
+                        tooltip="recipe 'custom' only. Epochs training the step sigmas only (paper: 2).",
+                    )
                 ),
-                io.Int.Input(
-                    "epochs_phase2",
-                    default=40,
-                    min=0,
-                    max=100,
-                    tooltip="recipe 'custom' only. Epochs also training what the network is told (paper: 3-5; "
-                    "training stops earlier when validation stops improving).",
+                advanced(
+                    io.Int.Input(
+                        "epochs_phase2",
+                        default=40,
+                        min=0,
+                        max=100,
+                        tooltip="recipe 'custom' only. Epochs also training what the network is told (paper: 3-5; "
+                        "training stops earlier when validation stops improving).",
+                    )
                 ),
-                io.Float.Input(
-                    "lr_steps",
-                    default=0.03,
-                    min=0.000001,
-                    max=1.0,
-                    step=0.0001,
-                    round=0.000001,
-                    tooltip="recipe 'custom' only. Adam learning rate of the step sigmas' logits.",
+                advanced(
+                    io.Float.Input(
+                        "lr_steps",
+                        default=0.03,
+                        min=0.000001,
+                        max=1.0,
+                        step=0.0001,
+                        round=0.000001,
+                        tooltip="recipe 'custom' only. Adam learning rate of the step sigmas' logits.",
+                    )
                 ),
-                io.Int.Input(
-                    "batch_size",
-                    default=5,
-                    min=1,
-                    max=64,
-                    tooltip="recipe 'custom' only. Teacher samples per training iteration (paper: 1-2).",
+                advanced(
+                    io.Int.Input(
+                        "batch_size",
+                        default=5,
+                        min=1,
+                        max=64,
+                        tooltip="recipe 'custom' only. Teacher samples per training iteration (paper: 1-2).",
+                    )
                 ),
                 io.Int.Input(
                     "seed",
@@ -210,15 +216,6 @@ class LD3TrainSigmas(io.ComfyNode):
         vae=None,
         recipe: str = "ld3",
     ) -> io.NodeOutput:
-        path = schedule_dir() / validate_schedule_name(schedule_name, "schedule_name")
-        check_teacher(teacher.data, model)
-        teacher_steps = int(teacher.data.info.get("steps", 0))
-        if teacher_steps and teacher_steps <= steps:
-            raise LD3InputError(
-                "steps",
-                f"the student's {steps} steps are not fewer than the teacher's {teacher_steps} steps",
-                "Use fewer steps here, or generate the teacher with more steps",
-            )
         config = TrainConfig.for_recipe(
             recipe,
             steps,
@@ -230,113 +227,20 @@ class LD3TrainSigmas(io.ComfyNode):
             lr_steps=lr_steps,
             batch_size=batch_size,
         )
-        incumbent = schedule_to_beat(path, model, sampler_name, steps)
-        loss_fn = make_loss(loss, vae, lpips_weights_path())
-        saver = _ScheduleSaver(path, model, teacher, sampler_name, loss, config.recipe)
         progress = NodeProgress(1)
-
-        def on_progress(p: Progress) -> None:
-            progress(p.iteration, p.total_iterations)
-
-        result = learn_schedule(
+        trained = train_sigmas(
             model,
             teacher.data,
             teacher.conditionings,
             sampler_name,
             config,
-            loss_fn,
-            on_progress=on_progress,
-            on_best=saver,
-            incumbent=incumbent,
+            loss,
+            schedule_dir(),
+            schedule_name,
+            versions(),
+            vae=vae,
+            lpips_weights=lpips_weights_path(),
+            on_progress=lambda p: progress(p.iteration, p.total_iterations),
         )
-        saver(result)  # once more, now marked "completed", with what the verdict chose
-        report = result.report(sampler_name, steps, f"models/ld3/{path.name}")
-        logging.info("%s", report)
-        output = result.output_schedule
-        patched = patch_model(model, output, sampler_name)
-        candidates = candidate_schedules(model, steps, sampler_name)
-        plot = stack_images([_loss_plot(result, loss), _schedule_plot(result, candidates, decoupled_times)])
-        return report_output(output.step_sigmas.clone(), patched, plot, report=report)
-
-
-class _ScheduleSaver:
-    """on_best callback: writes the best schedule so far (atomically), "completed" once training ends."""
-
-    def __init__(self, path, model, teacher: TeacherBundle, sampler: str, loss: str, recipe: str):
-        self.path = path
-        self.sampler = sampler
-        self.loss = loss
-        self.recipe = recipe
-        self.cfg = teacher.cfg
-        self.latent_shape = tuple(teacher.data.info.get("latent_shape") or teacher.data.noise.shape[1:])
-        self.identity = model_identity(model)
-        self.versions = versions()
-
-    def __call__(self, result: TrainResult) -> None:
-        if not result.beats_incumbent:  # the schedule saved under this name is better: keep it
-            return
-        schedule = result.output_schedule if result.completed else result.schedule
-        train = {
-            "validation_curve": list(result.validation_curve),
-            "best_validation_loss": float(result.best_validation_loss),
-            "initial_scheduler": result.initial_scheduler,
-            "initial_validation_loss": float(result.initial_validation_loss),
-            "epochs_done": int(result.epochs_done),
-            "mined_pairs": int(result.mined_pairs),
-            "status": "completed" if result.completed else "interrupted",
-            "recipe": self.recipe,
-        }
-        if result.verdict is not None:
-            train["verdict"] = result.verdict.as_dict()
-        record = ScheduleRecord(
-            *schedule.tensors(),
-            sampler=self.sampler,
-            cfg=self.cfg,
-            latent_shape=self.latent_shape,
-            model=self.identity,
-            loss=self.loss,
-            train=train,
-            versions=self.versions,
-        )
-        save_schedule(self.path, record)
-
-
-def _loss_plot(result: TrainResult, loss: str):
-    """Training loss per iteration, LD3's validation loss per epoch, and the best built-in's validation loss
-    (and LD3's best, when it beat it) as horizontal lines (x: iterations)."""
-    per_epoch = len(result.train_curve) / max(1, len(result.validation_curve))
-    validation = "LD3 validation (per epoch)"
-    series = {
-        validation: [(0, result.initial_validation_loss)]
-        + [((e + 1) * per_epoch, v) for e, v in enumerate(result.validation_curve)],
-        "train (per iteration)": [(i + 1, v) for i, v in enumerate(result.train_curve)],
-    }
-    builtin = f"best built-in ({result.initial_scheduler}) on validation"
-    hlines = {builtin: result.initial_validation_loss}
-    emphasis = {validation: "learned", builtin: "reference"}
-    if result.validation_curve and result.best_validation_loss < result.initial_validation_loss:
-        hlines["LD3 best on validation"] = result.best_validation_loss
-        emphasis["LD3 best on validation"] = "learned"
-    values = [v for points in series.values() for _, v in points] + list(hlines.values())
-    title = f"LD3 training ({loss} loss; start: {result.initial_scheduler})"
-    log_y = all(v > 0 for v in values if math.isfinite(v))
-    return line_plot(series, title, "iteration", f"{loss} loss", log_y, emphasis=emphasis, hlines=hlines)
-
-
-def _schedule_plot(result: TrainResult, candidates: dict, decoupled: bool):
-    """The learned step sigmas (and what the network is told) against the best built-in (where training
-    started) and the other built-in schedulers, log axis."""
-    learned = result.schedule
-    series = {"LD3 step sigma": list(enumerate(learned.step_sigmas[:-1].tolist()))}
-    if decoupled:
-        series["LD3 network time"] = list(enumerate(learned.model_sigmas.tolist()))
-        series["LD3 scaling sigma"] = list(enumerate(learned.scale_sigmas.tolist()))
-    emphasis = dict.fromkeys(series, "learned")
-    start = f"{result.initial_scheduler} (best built-in, start)"
-    series[start] = list(enumerate(result.initial_schedule.step_sigmas[:-1].tolist()))
-    emphasis[start] = "reference"
-    for name, sigmas in candidates.items():
-        if name != result.initial_scheduler:
-            series[name] = list(enumerate(sigmas[:-1].tolist()))
-    title = "Schedules (the final sigma 0 not shown)"
-    return line_plot(series, title, "step", "sigma", log_y=True, emphasis=emphasis)
+        logging.info("%s", trained.report)
+        return report_output(trained.sigmas, trained.model, trained.plot, report=trained.report)

@@ -755,14 +755,21 @@ async () => {
 }
 """
 
-# Fit the whole graph in the viewport (used for the thumbnail and for the saved view).
-FIT_JS = """
-() => {
+# The graph's bounds in canvas units, title bars and groups included: a statement that defines x0, y0,
+# x1, y1 at the top of a page function (FIT_JS here, BOUNDS_JS and PLACE_JS in scripts/screenshots.py).
+GRAPH_BOUNDS_JS = """
   const items = [...app.graph.nodes, ...(app.graph.groups || [])];
   const title = LiteGraph.NODE_TITLE_HEIGHT;
   const x0 = Math.min(...items.map((n) => n.pos[0])), y0 = Math.min(...items.map((n) => n.pos[1] - title));
   const x1 = Math.max(...items.map((n) => n.pos[0] + n.size[0]));
   const y1 = Math.max(...items.map((n) => n.pos[1] + n.size[1]));
+"""
+
+# Fit the whole graph in the viewport (used for the thumbnail and for the saved view).
+FIT_JS = (
+    "() => {"
+    + GRAPH_BOUNDS_JS
+    + """
   app.canvas.ds.fitToBounds([x0 - 20, y0 - 20, x1 - x0 + 40, y1 - y0 + 40], { zoom: 0.98 });
   app.canvas.show_info = false;
   app.graph.setDirtyCanvas(true, true);
@@ -773,6 +780,7 @@ FIT_JS = """
   return { x: Math.max(0, rect.left + cx0), y: Math.max(0, rect.top + cy0), width: cx1 - cx0, height: cy1 - cy0 };
 }
 """
+)
 
 # Everything but the canvas and its DOM widgets: menus, tabs, side bar, minimap, toasts.
 HIDE_CHROME_CSS = (

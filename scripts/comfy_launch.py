@@ -84,3 +84,24 @@ def stop(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=15)
+
+
+def extra_model_paths(base: Path, custom_nodes: Path, label: str) -> list[str]:
+    """Point ComfyUI at base/models/{checkpoints,vae,ld3} and a custom-nodes folder; its arguments for that.
+
+    Writes base/extra_model_paths.yaml (JSON is YAML). ``is_default`` puts these folders first, so the
+    schedules LD3 Train Sigmas saves land in base/models/ld3; base_path joins each relative entry, an
+    absolute one (custom_nodes) stays as it is. ``--fp32-text-enc``: ComfyUI runs text encoders in fp16
+    on the CPU by default, several times slower there than fp32.
+    """
+    entries = {
+        "base_path": str(base),
+        "is_default": True,
+        "checkpoints": "models/checkpoints",
+        "vae": "models/vae",
+        "ld3": "models/ld3",
+        "custom_nodes": str(custom_nodes),
+    }
+    config = base / "extra_model_paths.yaml"
+    config.write_text(json.dumps({label: entries}, indent=1))
+    return ["--fp32-text-enc", "--extra-model-paths-config", str(config)]

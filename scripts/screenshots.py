@@ -173,26 +173,13 @@ LAYOUT_JS = """
 SIZES_JS = "() => Object.fromEntries(app.graph.nodes.map((n) => [n.id, [...n.size]]))"
 
 # The graph's bounds in canvas units.
-BOUNDS_JS = """
-() => {
-  const items = [...app.graph.nodes, ...(app.graph.groups || [])];
-  const title = LiteGraph.NODE_TITLE_HEIGHT;
-  const x0 = Math.min(...items.map((n) => n.pos[0])), y0 = Math.min(...items.map((n) => n.pos[1] - title));
-  const x1 = Math.max(...items.map((n) => n.pos[0] + n.size[0]));
-  const y1 = Math.max(...items.map((n) => n.pos[1] + n.size[1]));
-  return [x0, y0, x1 - x0, y1 - y0];
-}
-"""
+BOUNDS_JS = "() => {" + bw.GRAPH_BOUNDS_JS + "  return [x0, y0, x1 - x0, y1 - y0];\n}"
 
 # Draw the graph at a fixed zoom with its top left corner at the page's; the box to capture.
-PLACE_JS = """
-([scale, margin]) => {
-  const items = [...app.graph.nodes, ...(app.graph.groups || [])];
-  const title = LiteGraph.NODE_TITLE_HEIGHT;
-  const x0 = Math.min(...items.map((n) => n.pos[0])), y0 = Math.min(...items.map((n) => n.pos[1] - title));
-  const x1 = Math.max(...items.map((n) => n.pos[0] + n.size[0]));
-  const y1 = Math.max(...items.map((n) => n.pos[1] + n.size[1]));
-  const rect = app.canvas.canvas.getBoundingClientRect();
+PLACE_JS = (
+    "([scale, margin]) => {"
+    + bw.GRAPH_BOUNDS_JS
+    + """  const rect = app.canvas.canvas.getBoundingClientRect();
   app.canvas.ds.scale = scale;
   app.canvas.ds.offset = [margin / scale - x0 - rect.left / scale, margin / scale - y0 - rect.top / scale];
   app.canvas.show_info = false;
@@ -201,6 +188,7 @@ PLACE_JS = """
   return { x: 0, y: 0, width: Math.ceil((x1 - x0) * scale + 2 * margin), height: Math.ceil((y1 - y0) * scale + 2 * margin) };
 }
 """
+)
 
 
 def caption(name: str, sizes: dict | None) -> str:
@@ -257,18 +245,7 @@ def prepare_models(base: Path) -> list[str]:
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(target)
     (models / "ld3").mkdir()  # first ld3 folder: the schedules trained here stay here
-    entries = {
-        "base_path": str(base),
-        "is_default": True,
-        "checkpoints": "models/checkpoints",
-        "vae": "models/vae",
-        "ld3": "models/ld3",
-        "custom_nodes": str(TESTS / "comfy_custom_nodes"),
-    }
-    config = base / "extra_model_paths.yaml"
-    config.write_text(json.dumps({"ld3_screenshots": entries}, indent=1))  # JSON is YAML
-    # ComfyUI runs text encoders in fp16 on the CPU by default: several times slower than fp32 there.
-    return ["--fp32-text-enc", "--extra-model-paths-config", str(config)]
+    return bw.comfy_launch.extra_model_paths(base, TESTS / "comfy_custom_nodes", "ld3_screenshots")
 
 
 def get_json(url: str):

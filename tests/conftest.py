@@ -184,21 +184,18 @@ class ComfyServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def run_prompt_with_node_texts(
-        self, graph: dict, timeout: float = 300.0
-    ) -> tuple[dict, list[tuple[str, str]]]:
-        """``run_prompt``, listening on the websocket as the frontend does: also returns the text messages
-        nodes showed on the canvas while it ran (ComfyUI's progress text: (node id, text))."""
-        import struct
+    def queue_and_listen(self, graph: dict, on_message, timeout: float = 300.0) -> str:
+        """Queue an API-format graph listening on the websocket as the frontend does, until the prompt
+        ends (success, error or interrupted); its prompt id. ``on_message(session, message)`` is awaited
+        for every websocket message (``session``: an aiohttp session, to call the server back)."""
         import uuid
 
         import aiohttp
 
         client_id = uuid.uuid4().hex
-        texts: list[tuple[str, str]] = []
-        text_event = 3  # protocol.BinaryEventTypes.TEXT
+        ends = ("execution_success", "execution_error", "execution_interrupted")
 
-        async def listen() -> dict:
+        async def listen() -> str:
             async with aiohttp.ClientSession() as session:
                 ws_url = self.base_url.replace("http", "ws", 1) + f"/ws?clientId={client_id}"
                 async with session.ws_connect(ws_url) as ws:
@@ -208,19 +205,35 @@ class ComfyServer:
                         assert response.status == 200, await response.text()
                         prompt_id = (await response.json())["prompt_id"]
                     async for message in ws:
-                        if message.type == aiohttp.WSMsgType.BINARY:
-                            (event,) = struct.unpack(">I", message.data[:4])
-                            if event == text_event:
-                                (length,) = struct.unpack(">I", message.data[4:8])
-                                node = message.data[8 : 8 + length].decode()
-                                texts.append((node, message.data[8 + length :].decode()))
-                        elif message.type == aiohttp.WSMsgType.TEXT:
+                        await on_message(session, message)
+                        if message.type == aiohttp.WSMsgType.TEXT:
                             data = json.loads(message.data)
-                            done = data["type"] in ("execution_success", "execution_error")
-                            if done and data["data"].get("prompt_id") == prompt_id:
+                            if data["type"] in ends and data["data"].get("prompt_id") == prompt_id:
                                 return prompt_id
 
-        prompt_id = asyncio.run(asyncio.wait_for(listen(), timeout))
+        return asyncio.run(asyncio.wait_for(listen(), timeout))
+
+    def run_prompt_with_node_texts(
+        self, graph: dict, timeout: float = 300.0
+    ) -> tuple[dict, list[tuple[str, str]]]:
+        """``run_prompt``, listening on the websocket as the frontend does: also returns the text messages
+        nodes showed on the canvas while it ran (ComfyUI's progress text: (node id, text))."""
+        import struct
+
+        import aiohttp
+
+        texts: list[tuple[str, str]] = []
+        text_event = 3  # protocol.BinaryEventTypes.TEXT
+
+        async def on_message(_session, message) -> None:
+            if message.type == aiohttp.WSMsgType.BINARY:
+                (event,) = struct.unpack(">I", message.data[:4])
+                if event == text_event:
+                    (length,) = struct.unpack(">I", message.data[4:8])
+                    node = message.data[8 : 8 + length].decode()
+                    texts.append((node, message.data[8 + length :].decode()))
+
+        prompt_id = self.queue_and_listen(graph, on_message, timeout)
         deadline = time.monotonic() + 30
         while (history := self.get_json(f"/history/{prompt_id}")).get(prompt_id) is None:
             if time.monotonic() > deadline:  # the websocket said done before /history has the entry

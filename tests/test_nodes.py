@@ -624,16 +624,18 @@ def test_atomic_write_and_numbered_paths(ld3_pack, tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["f.bin"]
 
 
-def test_stack_images_pads_to_the_widest(ld3_pack):
-    common = _node_module("_common")
+def test_stack_images_pads_to_the_widest():
+    from ld3_core.plot import stack_images
+
     a, b = torch.zeros(1, 10, 20, 3), torch.zeros(1, 5, 30, 3)
-    out = common.stack_images([a, b])
+    out = stack_images([a, b])
     assert out.shape == (1, 15, 30, 3)
     assert float(out[0, :10, 20:].min()) == 1.0 and float(out[0, 10:].max()) == 0.0
 
 
-def test_report_rows_and_text_round_trip(ld3_pack):
-    compare = _node_module("compare")
+def test_report_rows_and_text_round_trip():
+    from ld3_core import compare
+
     errors = {
         "karras": torch.tensor([0.2, 0.4]),
         "sigmas(ld3)": torch.tensor([0.1, 0.1]),

@@ -25,6 +25,16 @@ def test_entrypoint_lists_v3_nodes_only(ld3_pack, ld3_node_classes):
     assert len(ids) == len(set(ids)), f"duplicate node ids: {ids}"
 
 
+def test_the_version_is_pyprojects():
+    """Schedule files record ld3_core.__version__; the registry reads pyproject.toml: one number."""
+    import tomllib
+
+    import ld3_core
+
+    project = tomllib.loads((PACK_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert ld3_core.__version__ == project["version"]
+
+
 @pytest.mark.server
 def test_server_log_shows_pack_loaded(comfy_server):
     log = comfy_server.log()
@@ -52,6 +62,20 @@ def test_every_node_is_live_with_category_and_description(comfy_server, ld3_node
         for section in ("required", "optional"):
             for name, spec in entry["input"].get(section, {}).items():
                 assert len(spec) > 1 and spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+
+
+@pytest.mark.server
+def test_the_custom_recipe_knobs_are_advanced_inputs(comfy_server):
+    """Train Sigmas' paper knobs (read only by recipe 'custom') are folded away in current frontends; the
+    everyday inputs stay visible."""
+    inputs = comfy_server.object_info()["LD3TrainSigmas"]["input"]
+    flagged = {
+        name
+        for section in ("required", "optional")
+        for name, spec in inputs.get(section, {}).items()
+        if spec[1].get("advanced")
+    }
+    assert flagged == {"soft_gamma", "epochs_phase1", "epochs_phase2", "lr_steps", "batch_size"}
 
 
 @pytest.mark.server

@@ -1,13 +1,12 @@
 """matplotlib charts and tables come out as ComfyUI IMAGE tensors that show what they should."""
 
-import importlib
 import math
 
 import pytest
 import torch
 from matplotlib.colors import to_rgb
 
-from ld3_core.plot import ROLES, line_plot, series_styles, strip_plot, table_image
+from ld3_core.plot import ROLES, line_plot, loss_plot, schedule_plot, series_styles, strip_plot, table_image
 from ld3_core.schedule import Schedule
 from ld3_core.trainer import TrainResult
 
@@ -235,14 +234,9 @@ def train_result() -> TrainResult:
     )
 
 
-@pytest.fixture(scope="module")
-def train_node(ld3_pack):
-    return importlib.import_module(f"{ld3_pack.__name__}.nodes.train")
-
-
-def test_training_plots_emphasise_ld3_and_the_best_builtin(train_node):
+def test_training_plots_emphasise_ld3_and_the_best_builtin():
     result = train_result()
-    loss = train_node._loss_plot(result, "lpips")
+    loss = loss_plot(result, "lpips")
     check_image(loss, 560, 1000)
     assert colour_pixels(loss, LEARNED.colour) > 500  # LD3's validation curve
     second_learned = series_styles(["a", "b"], {"a": "learned", "b": "learned"})["b"]
@@ -253,7 +247,7 @@ def test_training_plots_emphasise_ld3_and_the_best_builtin(train_node):
     assert int(reference.sum()) > 400 and int(reference.sum(1).max()) > 200
     start = torch.tensor([14.6, 5.0, 2.0, 0.8, 0.3, 0.1, 0.03, 0.0])
     candidates = {name: start * f for name, f in [("simple", 0.7), ("karras", 1.0), ("beta", 1.3)]}
-    schedules = train_node._schedule_plot(result, candidates, decoupled=True)
+    schedules = schedule_plot(result, candidates, decoupled=True)
     check_image(schedules, 560, 1000)
     assert colour_pixels(schedules, LEARNED.colour) > 500
     assert colour_pixels(schedules, REFERENCE.colour) > 400  # karras, where training started

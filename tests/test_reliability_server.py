@@ -3,10 +3,11 @@
 Each case ends with a normal prompt on the same server: a failure must leave nothing half-done behind.
 """
 
+import json
 import pickle
-import time
 import uuid
 
+import aiohttp
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -14,7 +15,6 @@ from test_nodes import (
     SCHEDULE_DIR,
     demo_nodes,
     error_of,
-    interrupt,
     messages,
     queue,
     teacher_node,
@@ -35,24 +35,40 @@ def _server_still_works(server):
     server.run_prompt(graph)
 
 
-def test_cancel_during_teacher_generation_writes_no_file(comfy_server):
+def _cancel_at_first_progress(
+    server, graph: dict, node: str, timeout: float = 120.0
+) -> tuple[str, list[int]]:
+    """Queue ``graph`` listening on the websocket as the frontend does; press Cancel (POST /interrupt) at
+    ``node``'s first progress message. The prompt id and every progress value ``node`` reported."""
+    values: list[int] = []
+
+    async def on_message(session, message) -> None:
+        if message.type != aiohttp.WSMsgType.TEXT:
+            return
+        data = json.loads(message.data)
+        if data["type"] == "progress" and data["data"].get("node") == node:
+            values.append(int(data["data"]["value"]))
+            if len(values) == 1:
+                async with session.post(server.base_url + "/interrupt", json={}) as answer:
+                    assert answer.status == 200
+
+    return server.queue_and_listen(graph, on_message, timeout), values
+
+
+def test_cancel_during_teacher_generation_stops_within_a_step_and_writes_no_file(comfy_server):
+    """One batch of 64 samples x 200 steps: Cancel at the first progress message stops the teacher inside
+    that batch (progress and the interruption check come after every sampler step, not every batch)."""
     name = f"cancelled_{uuid.uuid4().hex[:8]}"
     teacher_dir = comfy_server.output_dir / "ld3"
-    graph = demo_nodes(size=16)
-    graph["teacher"] = teacher_node(samples=400, steps=200, name=name)
-    graph["teacher"]["inputs"]["batch_size"] = 1
+    samples, steps = 64, 200
+    graph = demo_nodes(size=32)
+    graph["teacher"] = teacher_node(samples=samples, steps=steps, name=name)
+    graph["teacher"]["inputs"]["batch_size"] = samples
     graph["show"] = {"class_type": "PreviewAny", "inputs": {"source": ["teacher", 0]}}
-    prompt_id = comfy_server.post_json("/prompt", {"prompt": graph})["prompt_id"]
-    deadline = time.monotonic() + 60
-    while "Prompt executed" not in comfy_server.log() and time.monotonic() < deadline:
-        # Wait until the teacher node is running (the queue shows it) before cancelling it.
-        queue_state = comfy_server.get_json("/queue")
-        if queue_state["queue_running"]:
-            break
-        time.sleep(0.05)
-    time.sleep(1.0)
-    interrupt(comfy_server)
+    prompt_id, values = _cancel_at_first_progress(comfy_server, graph, "teacher")
     entry = wait_history(comfy_server, prompt_id, timeout=120)
+    assert values and values[0] == samples  # the first step of the batch: 64 sample-steps
+    assert max(values) < samples * steps, f"the batch ran to its end before Cancel took: {values}"
     interrupted = messages(entry, "execution_interrupted")
     assert interrupted and interrupted[0]["node_id"] == "teacher", entry["status"]
     written = list(teacher_dir.glob(f"{name}*")) + list(teacher_dir.glob(f".{name}*"))

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import tiny_checkpoints
-from conftest import COMFYUI_DIR, PACK_ROOT, ComfyServer, log_tail, run_comfy_server
+from conftest import COMFYUI_DIR, PACK_ROOT, ComfyServer, comfy_launch, log_tail, run_comfy_server
 
 TESTS_DIR = Path(__file__).resolve().parent
 TEST_CUSTOM_NODES = TESTS_DIR / "comfy_custom_nodes"
@@ -112,19 +112,6 @@ def _link(target: Path, link: Path) -> None:
     link.symlink_to(target)
 
 
-def _extra_model_paths(base: Path) -> str:
-    # base_path joins each entry; an absolute entry (custom_nodes) stays as it is (os.path.join).
-    entries = {
-        "base_path": str(base),
-        "is_default": True,
-        "checkpoints": "models/checkpoints",
-        "vae": "models/vae",
-        "ld3": "models/ld3",
-        "custom_nodes": str(TEST_CUSTOM_NODES),
-    }
-    return json.dumps({"ld3_tests": entries}, indent=1)  # JSON is YAML
-
-
 @pytest.fixture(scope="session")
 def tiny_models_server(tmp_path_factory) -> TinyModelsServer:
     """ComfyUI with the pack, the tiny SD1.x checkpoint, a tiny Flux VAE and the test-only nodes."""
@@ -136,9 +123,7 @@ def tiny_models_server(tmp_path_factory) -> TinyModelsServer:
     )
     tiny_checkpoints.write_taesd_vae(models / "vae" / FLUX_VAE, latent_channels=16)
     (models / "ld3").mkdir()
-    config = base / "extra_model_paths.yaml"
-    config.write_text(_extra_model_paths(base))
-    extra = ["--fp32-text-enc", "--extra-model-paths-config", str(config)]
+    extra = comfy_launch.extra_model_paths(base, TEST_CUSTOM_NODES, "ld3_tests")
     with run_comfy_server(base, extra) as server:
         info = server.object_info()
         for node_type in ("LD3TrainSigmas", "LD3TestTinyFluxModel", "LD3TestTinyFluxText"):
