@@ -136,10 +136,7 @@ def learn_schedule(
     ``incumbent``: the schedule already saved under the run's name (``schedule_to_beat``); see
     ``train_schedule``.
     """
-    check_sampler(sampler)
-    check_steps(config.steps)
-    check_teacher(teacher, model_patcher)
-    candidates = candidate_schedules(model_patcher, config.steps, sampler)
+    candidates = _checked_candidates(model_patcher, teacher, sampler, config.steps)
     return _learn(
         model_patcher,
         teacher,
@@ -152,6 +149,14 @@ def learn_schedule(
         on_best,
         incumbent,
     )
+
+
+def _checked_candidates(model_patcher, teacher: TeacherData, sampler: str, steps: int) -> dict:
+    """The sampler, step count and teacher (its model) checked; the built-in schedules to start from."""
+    check_sampler(sampler)
+    check_steps(steps)
+    check_teacher(teacher, model_patcher)
+    return candidate_schedules(model_patcher, steps, sampler)
 
 
 def _learn(
@@ -234,9 +239,7 @@ def train_sigmas(
     verdict's choice goes onto a patched MODEL, with the plot and the one-line report."""
     path = os.path.join(directory, validate_schedule_name(schedule_name, "schedule_name"))
     steps = config.steps
-    check_sampler(sampler)
-    check_steps(steps)
-    check_teacher(teacher, model_patcher)
+    candidates = _checked_candidates(model_patcher, teacher, sampler, steps)
     teacher_steps = int(teacher.info.get("steps", 0))
     if teacher_steps and teacher_steps <= steps:
         raise LD3InputError(
@@ -246,7 +249,6 @@ def train_sigmas(
         )
     incumbent = schedule_to_beat(path, model_patcher, sampler, steps)
     loss = make_loss(loss_name, vae, lpips_weights)
-    candidates = candidate_schedules(model_patcher, steps, sampler)
     saver = ScheduleSaver(
         path,
         model_identity(model_patcher),
