@@ -203,35 +203,40 @@ def _cell_job(job) -> dict:
     from bench import models, quality
 
     quality.quiet()
-    name, sampler, nfe, starts, known = job
+    name, sampler, nfe, starts, known, parts = job
     bm = quality._model(name)
     held = quality._data(name, None)
     other = quality._data(name, "other")
     steps = models.steps_for_nfe(sampler, nfe)
-    parts = ("transfer",) if known else ("in-sample", "transfer")
+    parts = ("transfer",) if known else parts
     row = oracle_cell(
         bm, sampler, steps, held["noise"], held["ref"], other["noise"], other["ref"], starts, parts
     )
     row = {"model": name, "sampler": sampler, "nfe": nfe, **(known or {}), **row}
+    transfer = f", fitted on the other noises {row['transfer_ratio']:.3f}" if "transfer_ratio" in row else ""
     print(
         f"{name} {sampler} NFE {nfe}: steps-only {row['steps_only_ratio']:.3f}, full {row['full_ratio']:.3f} "
-        f"(other noises {row['full_ratio_other']:.3f}), fitted on the other noises {row['transfer_ratio']:.3f}",
+        f"(other noises {row['full_ratio_other']:.3f}){transfer}",
         flush=True,
     )
     return row
 
 
-def run(cells, pool, learned_rows=(), out: Path | None = None, log=print, transfer_only=False) -> list[dict]:
+def run(
+    cells, pool, learned_rows=(), out: Path | None = None, log=print, transfer_only=False, transfer=True
+) -> list[dict]:
     """Compute the oracle for (model, sampler, nfe) cells in ``pool``; merge into ``out`` as they finish.
 
-    ``transfer_only``: keep the in-sample optima ``out`` has and add the transfer optimum to them."""
+    ``transfer_only``: keep the in-sample optima ``out`` has and add the transfer optimum to them;
+    ``transfer=False``: the in-sample optima only (half the time)."""
+    parts = ("in-sample", "transfer") if transfer else ("in-sample",)
     out = out or env.RESULTS_DIR / "oracle.json"
     rows = json.loads(out.read_text()) if out.is_file() else []
     cells = set(cells)
     known = {(r["model"], r["sampler"], r["nfe"]): r for r in rows if transfer_only}
     rows = [r for r in rows if (r["model"], r["sampler"], r["nfe"]) not in cells]
     jobs = [
-        (*cell, learned_starts(list(learned_rows), *cell), known.get(cell))
+        (*cell, learned_starts(list(learned_rows), *cell), known.get(cell), parts)
         for cell in sorted(cells, key=lambda c: -c[2])
     ]
     log(f"oracle: {len(jobs)} cells")
@@ -258,6 +263,11 @@ def main(argv=None) -> int:
         action="store_true",
         help="keep the in-sample optima the output file has; add the optimum fitted on the other noises",
     )
+    parser.add_argument(
+        "--no-transfer",
+        action="store_true",
+        help="the in-sample optima only (not the one fitted on other noises)",
+    )
     args = parser.parse_args(argv)
     rows_path = env.BENCH_DIR / "out" / "quality_rows.json"
     learned = json.loads(rows_path.read_text()) if rows_path.is_file() else []
@@ -268,7 +278,14 @@ def main(argv=None) -> int:
     env.bootstrap(threads=1)
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(args.workers) as pool:
-        run(cells, pool, learned, Path(args.out), transfer_only=args.transfer_only)
+        run(
+            cells,
+            pool,
+            learned,
+            Path(args.out),
+            transfer_only=args.transfer_only,
+            transfer=not args.no_transfer,
+        )
     return 0
 
 
