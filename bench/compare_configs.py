@@ -10,7 +10,9 @@ cell, exactly as ``bench/quality.py`` scores the suite.
 
 A setting is NAME=JSON: "recipe" (a TrainConfig preset, default ld3), ``TrainConfig`` fields
 (batch_size, lr_steps, epochs_phase2, soft_gamma, ...) and optionally "samples", to train on the first N
-teacher pairs only (training and validation alternate, so half of them validate). Where
+teacher pairs only (training and validation alternate, so half of them validate), and "mining_steps": the
+steps of the teacher that hard-example mining asks for new pairs (default: the teacher's own; "exact": the
+model's reference solve). Where
 bench/results/oracle.json has the cell, the share of the achievable gain is printed too. --samples and --heldout change the data sizes (default: the
 suite's); the data is cached under bench/out/cache by size.
 """
@@ -68,15 +70,14 @@ def _run(job: tuple[str, int, list[str], list[int], dict]) -> list[dict]:
                 fields = dict(setting)
                 n = fields.pop("samples", None)
                 recipe = fields.pop("recipe", "ld3")
-                data = teacher
-                if n:
-                    data = TeacherData(
-                        **{
-                            k: getattr(teacher, k)[:n]
-                            for k in ("noise", "targets", "prompt_index", "is_validation")
-                        },
-                        info=teacher.info,
-                    )
+                info = _mining_teacher(bm, teacher.info, fields.pop("mining_steps", None))
+                data = TeacherData(
+                    **{
+                        k: getattr(teacher, k)[:n] if n else getattr(teacher, k)
+                        for k in ("noise", "targets", "prompt_index", "is_validation")
+                    },
+                    info=info,
+                )
                 config = quality.train_config(name, steps, recipe, **{"seed": seed, **fields})
                 started = time.perf_counter()
                 row = {"model": name, "sampler": sampler, "nfe": nfe, "seed": seed, "setting": label}
@@ -101,6 +102,21 @@ def _run(job: tuple[str, int, list[str], list[int], dict]) -> list[dict]:
                     }
                 )
     return rows
+
+
+def _mining_teacher(bm, info: dict, steps) -> dict:
+    """The teacher that hard-example mining asks for new pairs: as recorded (None), with ``steps`` steps,
+    or "exact": the model's reference solve (the exact endpoint on a mixture)."""
+    if steps is None:
+        return info
+    if steps == "exact":
+        return {
+            **info,
+            "sampler": bm.reference_sampler,
+            "scheduler": bm.reference_scheduler,
+            "steps": bm.reference_steps,
+        }
+    return {**info, "steps": int(steps)}
 
 
 def summarise(rows: list[dict], labels: list[str]) -> str:

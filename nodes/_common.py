@@ -53,6 +53,14 @@ def advanced(spec):
     return spec
 
 
+def data_seed(tooltip: str) -> io.Int.Input:
+    """A ``seed`` widget for a seed that defines the model or the data: the frontend must not randomize it
+    after each run (a second Run would build another model or data and overwrite schedules)."""
+    return io.Int.Input(
+        "seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False, tooltip=tooltip
+    )
+
+
 def report_output(*outputs, report: str) -> io.NodeOutput:
     """A node's outputs ending with its report: shown on the node itself (the frontend's node text), and as
     the STRING output and ui text in Markdown paragraphs (what PreviewAny renders and /history keeps)."""

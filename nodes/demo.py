@@ -4,6 +4,7 @@ import torch
 from comfy_api.latest import io
 
 from ..ld3_core.mixture import make_clustered_mixture, mixture_conditioning, mixture_model_patcher
+from ._common import data_seed
 
 # Latent channels per kind: SD1.x has 4, Flux 16 (so a flux demo has the latent shape Flux has).
 DEMO_CHANNELS = {"eps": 4, "flow": 4, "flux": 16}
@@ -38,15 +39,7 @@ class LD3DemoModel(io.ComfyNode):
                 io.Int.Input(
                     "height", default=16, min=1, max=256, tooltip="Latent height of the mixture's samples."
                 ),
-                io.Int.Input(
-                    "seed",
-                    default=0,
-                    min=0,
-                    max=0xFFFFFFFFFFFFFFFF,
-                    # It defines the model / the data: the frontend must not randomize it after each run.
-                    control_after_generate=False,
-                    tooltip="Seed of the mixture (its means, spreads and weights).",
-                ),
+                data_seed("Seed of the mixture (its means, spreads and weights)."),
             ],
             outputs=[
                 io.Model.Output(

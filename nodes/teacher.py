@@ -20,6 +20,7 @@ from ._common import (
     NodeProgress,
     Teacher,
     TeacherBundle,
+    data_seed,
     file_choice_error,
     report_output,
     save_teacher_file,
@@ -78,15 +79,7 @@ class LD3GenerateTeacher(io.ComfyNode):
                     tooltip="How many teacher samples; half train, half validate (paper: 50 train + 50 "
                     "validation, Stable Diffusion 25 + 25).",
                 ),
-                io.Int.Input(
-                    "seed",
-                    default=0,
-                    min=0,
-                    max=0xFFFFFFFFFFFFFFFF,
-                    # It defines the model / the data: the frontend must not randomize it after each run.
-                    control_after_generate=False,
-                    tooltip="Start noise of sample i uses seed + i.",
-                ),
+                data_seed("Start noise of sample i uses seed + i."),
                 io.Float.Input(
                     "cfg",
                     default=7.0,

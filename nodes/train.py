@@ -15,6 +15,7 @@ from ._common import (
     Teacher,
     TeacherBundle,
     advanced,
+    data_seed,
     link_type_error,
     lpips_weights_path,
     report_output,
@@ -126,15 +127,7 @@ class LD3TrainSigmas(io.ComfyNode):
                         tooltip="recipe 'custom' only. Teacher samples per training iteration (paper: 1-2).",
                     )
                 ),
-                io.Int.Input(
-                    "seed",
-                    default=0,
-                    min=0,
-                    max=0xFFFFFFFFFFFFFFFF,
-                    # It defines the model / the data: the frontend must not randomize it after each run.
-                    control_after_generate=False,
-                    tooltip="Seed of the order in which training samples are visited.",
-                ),
+                data_seed("Seed of the order in which training samples are visited."),
                 io.String.Input(
                     "schedule_name",
                     default="ld3_schedule",

@@ -13,6 +13,8 @@ import torch
 from bench import digits
 from ld3_core.teacher import start_noise
 
+pytestmark = pytest.mark.slow  # the fast tier (scripts/test.sh) leaves these to --all
+
 SAMPLES = 48
 
 

@@ -117,8 +117,15 @@ def central_difference(fn, x: torch.Tensor, direction: torch.Tensor, h: float) -
     return (-values[0] + 8 * values[1] - 8 * values[2] + values[3]) / (12 * h)
 
 
+# The fast tier (scripts/test.sh) checks one sampler of each kind of solver; --all checks every one.
+FAST_TIER_SAMPLERS = ("euler", "heun", "dpmpp_2m", "uni_pc")
+
+
 @pytest.mark.parametrize("kind", ["eps", "flow"])
-@pytest.mark.parametrize("sampler_name", SUPPORTED_SAMPLERS)
+@pytest.mark.parametrize(
+    "sampler_name",
+    [s if s in FAST_TIER_SAMPLERS else pytest.param(s, marks=pytest.mark.slow) for s in SUPPORTED_SAMPLERS],
+)
 def test_gradients_match_finite_differences(mixture_models, float64_default, kind, sampler_name):
     model = mixture_models[kind]
     scheduler, steps = SETUPS[kind]

@@ -96,6 +96,7 @@ def tiny_wan_vae() -> comfy.sd.VAE:
     return comfy.sd.VAE(sd=module.state_dict())
 
 
+@pytest.mark.slow
 def test_lpips_through_a_video_vae_compares_every_frame_and_trains():
     vae = tiny_wan_vae()
     assert vae.latent_dim == 3  # ComfyUI took it for a video VAE
@@ -126,6 +127,7 @@ def test_lpips_through_a_video_vae_compares_every_frame_and_trains():
     assert result.best_validation_loss <= result.initial_validation_loss
 
 
+@pytest.mark.slow
 def test_lpips_with_an_audio_vae_is_refused_with_what_to_do():
     # ComfyUI builds Stable Audio's Oobleck VAE at its one size (156 M parameters; random weights here).
     import comfy.ldm.audio.autoencoder

@@ -167,6 +167,7 @@ def test_unreadable_or_incomplete_weights_file(tmp_path, empty_hub):
             load_lpips(str(wrong), "cpu")
 
 
+@pytest.mark.slow
 @needs_weights
 def test_torchvision_cache_is_used_when_present(empty_hub):
     # Build a torchvision-layout checkpoint from our file (features.* plus a classifier, as torchvision has).

@@ -18,6 +18,8 @@ from ld3_core.comfy_adapter import Conditioning, DifferentiableSampler
 from ld3_core.schedule import Schedule
 from ld3_core.teacher import schedule_sigmas
 
+pytestmark = pytest.mark.slow  # the fast tier (scripts/test.sh) leaves these to --all
+
 NFES = (4, 10)
 ARTIFACT = Path(__file__).resolve().parents[1] / "test-artifacts" / "memory.json"
 # Per NFE, the checkpointed graph may keep this many latent-sized tensors: the sampler's arithmetic on

@@ -206,6 +206,7 @@ def test_non_finite_points_are_skipped_and_empty_is_refused():
         line_plot({}, "t", "x", "y")
 
 
+@pytest.mark.slow
 def test_constant_series_single_point_and_many_series():
     check_image(line_plot({"flat": [(0, 0.3), (5, 0.3)]}, "t", "x", "y"), 560, 1000)
     check_image(line_plot({"dot": [(1.0, 2.0)]}, "t", "x", "y", log_y=True), 560, 1000)

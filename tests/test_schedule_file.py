@@ -397,6 +397,7 @@ def test_random_bytes_only_raise_ld3_input_error(data):
         sf.parse_schedule_bytes(data)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_mutated_valid_file_never_raises_anything_else(data):

@@ -92,6 +92,7 @@ def test_auto_on_comfyui_model_types(tiny_sd15, tiny_sd15_v, tiny_flux):
     assert resolve_scheduler(edm, AUTO) == DIFFUSION_REFERENCE_SCHEDULER
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["eps", "flow", "flux"])
 def test_the_auto_teacher_is_close_to_the_exact_endpoint(kind):
     """Issue 17's acceptance: LD3 Generate Teacher's default teacher (uni_pc, auto, 20 steps) has an error to
@@ -137,6 +138,7 @@ def test_stochastic_samplers_are_refused_before_sampling(sampler):
     assert calls == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["eps", "flow"])
 def test_the_stochastic_predicate_is_what_the_samplers_do(kind):
     """Every ComfyUI sampler run twice from the same noise with two seeds: only the samplers the
@@ -236,6 +238,7 @@ def test_cancel_is_honoured_during_the_self_check():
     assert len(calls) == 5 + 1
 
 
+@pytest.mark.slow
 def test_the_report_says_when_to_use_more_teacher_steps():
     """Graded by the check's own numbers (these cases measured ratios of 0.77, 0.33 and 0.02 to the
     8-step error): too few steps for any few-step schedule, fine for 4 but not 8, and fine."""

@@ -25,6 +25,8 @@ from ld3_core.schedule import Schedule
 from ld3_core.teacher import generate_teacher
 from ld3_core.trainer import TrainConfig
 
+pytestmark = pytest.mark.slow  # the fast tier (scripts/test.sh) leaves these to --all
+
 LATENT = (4, 8, 8)
 STEPS = 3
 SAMPLER = "euler"
