@@ -47,7 +47,7 @@ def _init_sigmas(bm, sampler: str, steps: int) -> torch.Tensor:
 
 def _setup(bm, sampler: str, loss_kind: str, batch: int):
     """Loss object, unit noise and teacher endpoints (20 steps) for the cost and memory cases."""
-    from ld3_core.comfy_adapter import sample_stock
+    from ld3_core.comfyui.adapter import sample_stock
     from ld3_core.teacher import start_noise
 
     noise = start_noise(bm.latent_shape, 7, batch)
@@ -71,7 +71,7 @@ def iteration_cost(name, sampler, nfe, loss_kind, batch, repeats=5) -> dict:
     from bench import models
     from bench.iteration import median_parts, time_call
     from ld3_core import api
-    from ld3_core.comfy_adapter import sample_stock
+    from ld3_core.comfyui.adapter import sample_stock
     from ld3_core.teacher import TeacherData
     from ld3_core.trainer import TrainConfig
 
@@ -252,7 +252,7 @@ WEIGHT_GRAD_CASES = (("tiny-sd15-eps", "dpmpp_2m", 6, "lpips", 1), ("tiny-flux",
 def weight_grad_contrast(name, sampler, nfe, loss_kind, batch, repeats=5) -> dict:
     """One iteration with frozen weights against one whose weights require grad, in this process."""
     from bench import models
-    from ld3_core import comfy_adapter
+    from ld3_core.comfyui import adapter as comfy_adapter
 
     bm = models.build(name)
     it, _ = _iteration(bm, sampler, nfe, _setup(bm, sampler, loss_kind, batch))

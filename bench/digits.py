@@ -257,7 +257,7 @@ def sample(
     patcher, noise: torch.Tensor, steps: int = 50, sampler: str = "dpmpp_2m", scheduler: str = "karras"
 ):
     """Samples from unit noise with ComfyUI's sampler and scheduler (CFG 1), as KSampler runs them."""
-    from ld3_core.comfy_adapter import Conditioning, sample_stock
+    from ld3_core.comfyui.adapter import Conditioning, sample_stock
     from ld3_core.teacher import schedule_sigmas
 
     sigmas = schedule_sigmas(patcher, scheduler, steps, sampler)
@@ -269,7 +269,7 @@ def compare_schedulers(
 ) -> dict:
     """Per-sample RMSE of every built-in scheduler to a many-step dpmpp_2m karras solve (seeded noise)."""
     from ld3_core import api
-    from ld3_core.comfy_adapter import Conditioning, sample_stock
+    from ld3_core.comfyui.adapter import Conditioning, sample_stock
     from ld3_core.teacher import start_noise
 
     noise = start_noise(LATENT_SHAPE, 900_000, count)

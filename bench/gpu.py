@@ -205,7 +205,7 @@ def build_flux(smoke: bool, depth_scale: float = 1.0):
 def _conds(kind: str, prompts: int, smoke: bool, cfg: float):
     import torch
 
-    from ld3_core.comfy_adapter import Conditioning
+    from ld3_core.comfyui.adapter import Conditioning
 
     gen = torch.Generator().manual_seed(11)
     if kind == "sd15":
@@ -260,7 +260,7 @@ def run_part(
 
     from bench.iteration import InstrumentedIteration, median_parts, time_call
     from ld3_core import api
-    from ld3_core.comfy_adapter import sample_stock
+    from ld3_core.comfyui.adapter import sample_stock
     from ld3_core.losses import make_loss
     from ld3_core.teacher import generate_teacher, schedule_sigmas, start_noise
     from ld3_core.trainer import TrainConfig

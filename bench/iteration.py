@@ -72,7 +72,7 @@ class InstrumentedIteration:
     ):
         import comfy.patcher_extension as pe
 
-        from ld3_core.comfy_adapter import DifferentiableSampler
+        from ld3_core.comfyui.adapter import DifferentiableSampler
         from ld3_core.parameterisation import ScheduleParameters, ball_radius
         from ld3_core.trainer import TrainConfig, TrainingData, TrainingLoop
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ld3_core.comfy_adapter import Conditioning
+from ld3_core.comfyui.adapter import Conditioning
 
 # The mixtures' exact endpoint, and the trained network's reference: a 500-step solve (dpmpp_2m; karras
 # for EPS / EDM, simple for flow).
@@ -41,10 +41,11 @@ class BenchModel:
 
 def _mixture(name: str, shape: tuple[int, ...], kind: str, seed: int) -> BenchModel:
     from ld3_core import mixture
+    from ld3_core.comfyui import mixture_model
 
     mix = mixture.make_clustered_mixture(shape, seed=seed, dtype=torch.float32)
-    patcher = mixture.mixture_model_patcher(mix, kind)
-    positive, negative = mixture.mixture_conditioning()
+    patcher = mixture_model.mixture_model_patcher(mix, kind)
+    positive, negative = mixture_model.mixture_conditioning()
     return BenchModel(
         name=name,
         patcher=patcher,

@@ -124,7 +124,7 @@ def oracle_cell(
     import torch
 
     from ld3_core import api
-    from ld3_core.comfy_adapter import DifferentiableSampler
+    from ld3_core.comfyui.adapter import DifferentiableSampler
     from ld3_core.schedule import Schedule
 
     def error(schedule, x, y):

@@ -139,7 +139,7 @@ def train_config(name: str, steps: int, recipe: str = "ld3", **fields):
 
 def _reference(bm, noise: torch.Tensor) -> torch.Tensor:
     """The reference endpoint for unit noise: a many-step solve (exact for mixtures) or the teacher."""
-    from ld3_core.comfy_adapter import sample_stock
+    from ld3_core.comfyui.adapter import sample_stock
     from ld3_core.teacher import schedule_sigmas
 
     sampler = bm.reference_sampler
@@ -243,7 +243,7 @@ def _stats(bm, out: torch.Tensor, ref: torch.Tensor) -> dict:
 def _heldout(bm, sampler, schedule, noise, ref) -> dict:
     """What a user gets, on the held-out noises: the stock sampler (on the LD3-patched model if learned)."""
     from ld3_core import api
-    from ld3_core.comfy_adapter import sample_stock
+    from ld3_core.comfyui.adapter import sample_stock
 
     outs, batch = [], eval_batch(bm)
     for i in range(0, len(noise), batch):

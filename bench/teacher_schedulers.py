@@ -45,14 +45,15 @@ def build(name: str):
 
     from bench import models
     from ld3_core import mixture
-    from ld3_core.comfy_adapter import Conditioning
+    from ld3_core.comfyui import mixture_model
+    from ld3_core.comfyui.adapter import Conditioning
 
     if name == "mix-flow-shift3-4x16x16":
         # SD3's shift: the flow mixture's network time is sigma * multiplier, so any shift keeps it exact.
         mix = mixture.make_mixture((4, 16, 16), components=8, seed=3, dtype=torch.float32)
-        patcher = mixture.mixture_model_patcher(mix, "flow")
+        patcher = mixture_model.mixture_model_patcher(mix, "flow")
         patcher.model.model_sampling.set_parameters(shift=3.0, multiplier=1000)
-        positive, negative = mixture.mixture_conditioning()
+        positive, negative = mixture_model.mixture_conditioning()
         return patcher, Conditioning(positive, negative, 1.0), (4, 16, 16)
     if name == "tiny-sd15-edm":
         patcher = tiny_models.build_tiny_sd15(comfy.model_base.ModelType.EDM, seed=4)
@@ -66,7 +67,7 @@ def measure(name: str, noises: int) -> dict:
     import comfy.samplers
     import torch
 
-    from ld3_core.comfy_adapter import sample_stock
+    from ld3_core.comfyui.adapter import sample_stock
     from ld3_core.teacher import schedule_sigmas, start_noise
 
     patcher, cond, shape = build(name)

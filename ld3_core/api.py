@@ -10,17 +10,19 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from . import model_patch
-from .comfy_adapter import Conditioning, DifferentiableSampler, out_of_memory_guard, sample_stock
+from .comfyui import model_patch
+from .comfyui.adapter import Conditioning, DifferentiableSampler, out_of_memory_guard, sample_stock
+from .comfyui.identity import model_identity
+from .comfyui.registry import builtin_schedules, extra_schedules, is_flow_model, schedule_sigmas, sigma_range
+from .comfyui.solvers import check_sampler
 from .errors import LD3InputError
-from .identity import model_identity, same_model
+from .identity import same_model
 from .losses import L2Loss, make_loss
 from .plot import training_plots
 from .resample import resample_log_linear
 from .schedule import Schedule
 from .schedule_file import ScheduleRecord, ScheduleSaver, load_schedule, validate_schedule_name
-from .solvers import check_sampler
-from .teacher import TeacherData, is_flow, schedule_sigmas
+from .teacher import TeacherData
 from .teacher_check import teacher_error_warning
 from .trainer import Loss, Progress, TrainConfig, TrainResult, train_schedule
 
@@ -35,61 +37,6 @@ def check_steps(steps: int, input_name: str = "steps") -> int:
             "LD3 is for few-step sampling: use 4-10 steps",
         )
     return steps
-
-
-def builtin_schedules(model_patcher, steps: int, sampler: str) -> dict[str, torch.Tensor]:
-    """Every scheduler ComfyUI registers (as KSampler computes it), skipping ones that fail or repeat."""
-    import comfy.samplers
-
-    schedules = {}
-    for name in list(comfy.samplers.SCHEDULER_NAMES):
-        if name == model_patch.LD3_KEY:
-            continue
-        try:
-            sigmas = schedule_sigmas(model_patcher, name, steps, sampler)
-        except Exception:  # a scheduler that cannot serve this model/steps is simply not a candidate
-            continue
-        if sigmas.numel() == steps + 1 and bool((sigmas[:-1] > sigmas[1:]).all()) and float(sigmas[-1]) == 0:
-            schedules[name] = sigmas
-    return schedules
-
-
-# ComfyUI's scheduler nodes with fixed tables (comfy_extras): name -> (module, class, positional args).
-EXTRA_SCHEDULERS = {
-    "ays_sd1": ("comfy_extras.nodes_align_your_steps", "AlignYourStepsScheduler", ("SD1",)),
-    "ays_sdxl": ("comfy_extras.nodes_align_your_steps", "AlignYourStepsScheduler", ("SDXL",)),
-    "ays_svd": ("comfy_extras.nodes_align_your_steps", "AlignYourStepsScheduler", ("SVD",)),
-    "gits": ("comfy_extras.nodes_gits", "GITSScheduler", (1.20,)),
-    "optimal_steps_flux": ("comfy_extras.nodes_optimalsteps", "OptimalStepsScheduler", ("FLUX",)),
-    "optimal_steps_wan": ("comfy_extras.nodes_optimalsteps", "OptimalStepsScheduler", ("Wan",)),
-    "optimal_steps_chroma": ("comfy_extras.nodes_optimalsteps", "OptimalStepsScheduler", ("Chroma",)),
-}
-
-
-def extra_schedules(model_patcher, steps: int) -> dict[str, torch.Tensor]:
-    """AYS, GITS and OptimalSteps (ComfyUI's own scheduler nodes), where they fit the model.
-
-    Their tables are made for one model family each; a table fits when it starts within 1% of the
-    model's own sigma_max (so SD1/SDXL tables serve SD-range models, the flow tables flow models).
-    """
-    import importlib
-
-    sigma_max = float(model_patcher.get_model_object("model_sampling").sigma_max)
-    schedules = {}
-    for name, (module, cls, args) in EXTRA_SCHEDULERS.items():
-        try:
-            node = getattr(importlib.import_module(module), cls)
-            sigmas = node.execute(*args, steps, 1.0).result[0].float().cpu()
-        except Exception:  # a ComfyUI without that node, or a table that cannot give this step count
-            continue
-        if (
-            sigmas.numel() == steps + 1
-            and bool((sigmas[:-1] > sigmas[1:]).all())
-            and float(sigmas[-1]) == 0
-            and abs(float(sigmas[0]) / sigma_max - 1) < 0.01
-        ):
-            schedules[name] = sigmas
-    return schedules
 
 
 def candidate_schedules(model_patcher, steps: int, sampler: str) -> dict[str, torch.Tensor]:
@@ -168,8 +115,7 @@ def _learn(
     def run_student(noise, prompt, schedule):
         return student(noise, conditionings[prompt], schedule)
 
-    model_sampling = model_patcher.get_model_object("model_sampling")
-    sigma_range = (float(model_sampling.sigma_min), float(model_sampling.sigma_max))
+    model_range = sigma_range(model_patcher)
     config = config_for_model(config, model_patcher)
     # ComfyUI runs every prompt under inference mode: training needs autograd back.
     with (
@@ -186,7 +132,7 @@ def _learn(
             teacher.prompt_index,
             teacher.is_validation,
             candidates,
-            sigma_range=sigma_range,
+            sigma_range=model_range,
             on_progress=on_progress,
             on_best=on_best,
             incumbent=incumbent,
@@ -303,7 +249,7 @@ def config_for_model(config: TrainConfig, model_patcher) -> TrainConfig:
     (``TrainConfig.pin_first``)."""
     if config.pin_first is not None:
         return config
-    return replace(config, pin_first=not is_flow(model_patcher.get_model_object("model_sampling")))
+    return replace(config, pin_first=not is_flow_model(model_patcher))
 
 
 def exact_ratio_note(teacher_info: dict, result: TrainResult, loss: Loss) -> str | None:
@@ -405,8 +351,7 @@ def load_for_model(
             "learned schedules do not transfer between samplers",
             f"Sample with {record.sampler}, or train a schedule for {sampler}",
         )
-    model_sampling = model_patcher.get_model_object("model_sampling")
-    low, high = float(model_sampling.sigma_min), float(model_sampling.sigma_max)
+    low, high = sigma_range(model_patcher)
     fix = "Load a schedule trained for this MODEL, or train one with LD3 Train Sigmas"
     recorded = (record.model or {}).get("sigma_max")
     if isinstance(recorded, (int, float)) and recorded > 0:

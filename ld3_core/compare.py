@@ -7,8 +7,8 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 
 from .api import candidate_schedules, check_teacher, heldout_errors
-from .comfy_adapter import Conditioning
-from .model_patch import learned_schedule
+from .comfyui.adapter import Conditioning
+from .comfyui.model_patch import learned_schedule
 from .plot import stack_images, strip_plot, table_image
 from .schedule import Schedule
 from .teacher import TeacherData

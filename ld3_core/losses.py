@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.utils.checkpoint
 
-from .comfy_adapter import weights_as_constants
+from .comfyui.vae import VAEDecoder
 from .errors import LD3InputError
 from .lpips_loss import load_lpips, lpips_distance
 
@@ -36,44 +36,6 @@ class L2Loss:
         return (diff.pow(2).flatten(1).mean(1) + self.eps).sqrt()
 
 
-class VAEDecoder:
-    """ComfyUI's VAE decode (``first_stage_model.decode`` + ``process_output``) with gradients.
-
-    ``VAE.decode`` moves results to the CPU and falls back to an inference-mode tiled decode, so the
-    loss calls the first-stage model directly, checkpointed as one block to keep memory flat.
-    """
-
-    def __init__(self, vae):
-        import comfy.model_management
-
-        self.vae = vae
-        with torch.inference_mode(False):
-            comfy.model_management.load_models_gpu([vae.patcher])
-            weights_as_constants(vae.first_stage_model)
-
-    def _decode(self, latent):
-        vae = self.vae
-        return vae.process_output(
-            vae.first_stage_model.decode(latent.to(vae.vae_dtype).to(vae.device)).float()
-        )
-
-    def __call__(self, latent: torch.Tensor) -> torch.Tensor:
-        """LATENT -> images [B, C, H, W] in [0, 1]; video latents give every frame as a batch item."""
-        if torch.is_grad_enabled():
-            pixels = torch.utils.checkpoint.checkpoint(self._decode, latent, use_reentrant=False)
-        else:
-            pixels = self._decode(latent)
-        if pixels.ndim == 5:  # [B, C, T, H, W] -> [B*T, C, H, W]
-            pixels = pixels.movedim(2, 1).flatten(0, 1)
-        if pixels.ndim != 4 or pixels.shape[1] not in (1, 3):
-            raise LD3InputError(
-                "loss",
-                f"LPIPS needs images, but this VAE decodes to shape {list(pixels.shape)}",
-                "Use the L2 loss",
-            )
-        return pixels
-
-
 class LPIPSLoss:
     """LPIPS between decoded student and teacher images (paper Sec. 4: the VAE is inside the graph)."""
 
@@ -83,7 +45,7 @@ class LPIPSLoss:
         self.decoder = VAEDecoder(vae)
         # Built outside inference mode (ComfyUI runs nodes under it): backward must save its weights.
         with torch.inference_mode(False):
-            self.lpips = load_lpips(lpips_weights, device=device or vae.device)
+            self.lpips = load_lpips(lpips_weights, device=device or self.decoder.device)
         self.batch_size = batch_size
 
     def prepare(self, targets: torch.Tensor) -> torch.Tensor:

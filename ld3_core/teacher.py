@@ -7,11 +7,20 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .comfy_adapter import Conditioning, out_of_memory_guard, sample_stock
+from .comfyui.adapter import Conditioning, out_of_memory_guard, sample_stock
+from .comfyui.identity import model_identity
+from .comfyui.registry import (
+    LEARNED_SCHEDULER,
+    has_scheduler,
+    is_flow,
+    model_sampling,
+    sampler_names,
+    schedule_sigmas,
+    scheduler_names,
+)
+from .comfyui.solvers import is_stochastic
 from .errors import LD3InputError
-from .identity import conditioning_sketch, model_identity
-from .scheduler import SCHEDULER_NAME as LEARNED_SCHEDULER
-from .solvers import is_stochastic
+from .identity import conditioning_sketch
 
 AUTO = "auto"
 # What ``auto`` picks (``reference_scheduler``), measured with bench/teacher_schedulers.py (tables in
@@ -64,22 +73,6 @@ class TeacherData:
         return [i for i in range(len(self.noise)) if bool(self.is_validation[i])]
 
 
-def schedule_sigmas(model_patcher, scheduler: str, steps: int, sampler: str) -> torch.Tensor:
-    """The sigmas ComfyUI's KSampler would use (it drops the penultimate sigma for a few samplers)."""
-    import comfy.samplers
-
-    if scheduler not in comfy.samplers.SCHEDULER_HANDLERS:
-        raise LD3InputError(
-            "scheduler",
-            f"unknown scheduler '{scheduler}'",
-            f"Choose one of: {', '.join(comfy.samplers.SCHEDULER_NAMES)}",
-        )
-    ks = comfy.samplers.KSampler(
-        model_patcher, steps, torch.device("cpu"), sampler=sampler, scheduler=scheduler
-    )
-    return ks.sigmas.float().cpu()
-
-
 def start_noise(shape: Sequence[int], seed: int, count: int) -> torch.Tensor:
     """Per-sample unit noise: sample i uses seed + i, so any subset regenerates the same noise."""
     return torch.stack(
@@ -94,9 +87,7 @@ def check_teacher_sampler(sampler: str) -> LD3InputError | None:
     dpm_adaptive, lms): only the teacher's endpoints are used. Samplers that inject fresh noise do not
     land on the ODE's solution, so no few-step schedule could learn to reach theirs.
     """
-    import comfy.samplers
-
-    if sampler not in comfy.samplers.SAMPLER_NAMES:
+    if sampler not in sampler_names():
         return LD3InputError(
             "sampler_name",
             f"unknown sampler '{sampler}'",
@@ -114,15 +105,11 @@ def check_teacher_sampler(sampler: str) -> LD3InputError | None:
 
 def deterministic_samplers() -> list[str]:
     """ComfyUI's samplers that may be the teacher (every one that injects no fresh noise)."""
-    import comfy.samplers
-
-    return [name for name in comfy.samplers.SAMPLER_NAMES if not is_stochastic(name)]
+    return [name for name in sampler_names() if not is_stochastic(name)]
 
 
 def check_teacher_scheduler(scheduler: str) -> LD3InputError | None:
     """None for ``auto`` or a built-in ComfyUI scheduler, else the error that says what to do."""
-    import comfy.samplers
-
     if scheduler == LEARNED_SCHEDULER:
         return LD3InputError(
             "scheduler",
@@ -130,7 +117,7 @@ def check_teacher_scheduler(scheduler: str) -> LD3InputError | None:
             "many-step solve, not what is being learned",
             f"Use '{AUTO}' (the reference scheduler for the model's type) or another built-in scheduler",
         )
-    if scheduler != AUTO and scheduler not in comfy.samplers.SCHEDULER_HANDLERS:
+    if scheduler != AUTO and not has_scheduler(scheduler):
         return LD3InputError(
             "scheduler",
             f"unknown scheduler '{scheduler}'",
@@ -141,16 +128,7 @@ def check_teacher_scheduler(scheduler: str) -> LD3InputError | None:
 
 def teacher_schedulers() -> list[str]:
     """The teacher's scheduler choices: ``auto`` first, then ComfyUI's schedulers (``ld3`` is refused)."""
-    import comfy.samplers
-
-    return [AUTO] + [name for name in comfy.samplers.SCHEDULER_NAMES if name != LEARNED_SCHEDULER]
-
-
-def is_flow(model_sampling) -> bool:
-    """Whether the model samples a flow (ComfyUI's CONST: SD3, Flux, ...), where sigma_max = 1 is pure noise."""
-    import comfy.model_sampling
-
-    return isinstance(model_sampling, comfy.model_sampling.CONST)
+    return [AUTO] + [name for name in scheduler_names() if name != LEARNED_SCHEDULER]
 
 
 def reference_scheduler(model_sampling) -> str:
@@ -164,7 +142,7 @@ def resolve_scheduler(model_patcher, scheduler: str) -> str:
         raise error
     if scheduler != AUTO:
         return scheduler
-    return reference_scheduler(model_patcher.get_model_object("model_sampling"))
+    return reference_scheduler(model_sampling(model_patcher))
 
 
 def check_teacher_inputs(sampler: str, scheduler: str, count: int, conditionings: Sequence) -> None:

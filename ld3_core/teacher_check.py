@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .comfy_adapter import Conditioning, out_of_memory_guard, sample_stock
+from .comfyui.adapter import Conditioning, out_of_memory_guard, sample_stock
 from .errors import LD3InputError
 from .teacher import (
     AUTO,

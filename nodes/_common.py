@@ -13,12 +13,12 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from ..ld3_core import __version__
-from ..ld3_core.comfy_adapter import Conditioning
-from ..ld3_core.comfy_requirements import check_at_load
 from ..ld3_core.comfy_ui import as_markdown, set_node_text_sink, show_on_node
+from ..ld3_core.comfyui.adapter import Conditioning
+from ..ld3_core.comfyui.requirements import check_at_load
+from ..ld3_core.comfyui.scheduler import register_ld3_scheduler
 from ..ld3_core.errors import LD3InputError
 from ..ld3_core.schedule_file import atomic_write, default_versions
-from ..ld3_core.scheduler import register_ld3_scheduler
 from ..ld3_core.teacher import TeacherData
 from ..ld3_core.teacher_file import teacher_file_bytes
 

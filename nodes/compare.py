@@ -3,8 +3,8 @@
 import torch
 from comfy_api.latest import io
 
+from ..ld3_core.comfyui.solvers import SUPPORTED_SAMPLERS
 from ..ld3_core.compare import compare_schedules
-from ..ld3_core.solvers import SUPPORTED_SAMPLERS
 from ._common import NodeProgress, Teacher, TeacherBundle
 
 SIGMAS_INPUTS = ("sigmas", "sigmas_2", "sigmas_3", "sigmas_4")

@@ -3,7 +3,8 @@
 import torch
 from comfy_api.latest import io
 
-from ..ld3_core.mixture import make_clustered_mixture, mixture_conditioning, mixture_model_patcher
+from ..ld3_core.comfyui.mixture_model import mixture_conditioning, mixture_model_patcher
+from ..ld3_core.mixture import make_clustered_mixture
 from ._common import data_seed
 
 # Latent channels per kind: SD1.x has 4, Flux 16 (so a flux demo has the latent shape Flux has).

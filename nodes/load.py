@@ -6,8 +6,8 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..ld3_core.api import load_for_model
+from ..ld3_core.comfyui.solvers import SUPPORTED_SAMPLERS
 from ..ld3_core.schedule_file import load_schedule
-from ..ld3_core.solvers import SUPPORTED_SAMPLERS
 from ._common import SCHEDULE_FOLDER, file_choice_error, report_output, validation_answer
 
 ANY_SAMPLER = "any"

@@ -2,11 +2,10 @@
 
 import logging
 
-import comfy.sample
-import comfy.samplers
 from comfy_api.latest import io
 
-from ..ld3_core.comfy_adapter import Conditioning
+from ..ld3_core.comfyui.adapter import Conditioning
+from ..ld3_core.comfyui.registry import sampler_names, sampling_latent_shape
 from ..ld3_core.schedule_file import validate_schedule_name
 from ..ld3_core.teacher import AUTO, TEACHER_SAMPLER, check_teacher_sampler, teacher_schedulers
 from ..ld3_core.teacher_check import (
@@ -91,7 +90,7 @@ class LD3GenerateTeacher(io.ComfyNode):
                 ),
                 io.Combo.Input(
                     "sampler_name",
-                    options=comfy.samplers.SAMPLER_NAMES,
+                    options=sampler_names(),
                     default=TEACHER_SAMPLER,
                     tooltip="The teacher's sampler: a strong deterministic solver (uni_pc: 2-20x closer to the "
                     "exact solution than dpmpp_2m at 20 steps on the benchmark's models). Ancestral, SDE and "
@@ -167,8 +166,7 @@ class LD3GenerateTeacher(io.ComfyNode):
         validate_schedule_name(name, "name", "the LD3 teacher folder (output/ld3)")
         prompts = _prompts(positive, positive_2, positive_3, positive_4)
         conditionings = tuple(Conditioning(p, negative, cfg) for p in prompts)
-        # As KSampler does: an empty 4-channel latent becomes the model's own channel count / rank.
-        latent_shape = tuple(comfy.sample.fix_empty_latent_channels(model, latent["samples"]).shape[1:])
+        latent_shape = sampling_latent_shape(model, latent["samples"])
         work = sample_count * steps + self_check_work(sample_count, len(conditionings), steps)
         data = generate_checked_teacher(
             model,

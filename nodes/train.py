@@ -5,10 +5,10 @@ import logging
 from comfy_api.latest import io
 
 from ..ld3_core.api import train_sigmas
+from ..ld3_core.comfyui.solvers import SUPPORTED_SAMPLERS
 from ..ld3_core.errors import LD3InputError
 from ..ld3_core.losses import LOSSES
 from ..ld3_core.schedule_file import validate_schedule_name
-from ..ld3_core.solvers import SUPPORTED_SAMPLERS
 from ..ld3_core.trainer import RECIPES, TrainConfig
 from ._common import (
     NodeProgress,

@@ -10,7 +10,8 @@ from comfy_extras.nodes_gits import GITSScheduler
 from comfy_extras.nodes_optimalsteps import OptimalStepsScheduler
 
 from ld3_core.api import builtin_schedules, candidate_schedules, extra_schedules
-from ld3_core.mixture import make_mixture, mixture_model_patcher
+from ld3_core.comfyui.mixture_model import mixture_model_patcher
+from ld3_core.mixture import make_mixture
 
 STEPS = 6
 

@@ -4,7 +4,7 @@ import logging
 
 import comfy.samplers
 
-from ld3_core import comfy_requirements
+from ld3_core.comfyui import requirements as comfy_requirements
 
 
 def test_every_required_internal_is_in_this_comfyui():

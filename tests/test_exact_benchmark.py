@@ -25,11 +25,12 @@ import pytest
 import torch
 
 from ld3_core.api import builtin_schedules, learn_schedule, sample_with_schedule
-from ld3_core.comfy_adapter import Conditioning, sample_stock
-from ld3_core.identity import model_identity
+from ld3_core.comfyui.adapter import Conditioning, sample_stock
+from ld3_core.comfyui.identity import model_identity
+from ld3_core.comfyui.mixture_model import mixture_conditioning, mixture_model_patcher
+from ld3_core.comfyui.model_patch import patch_model
 from ld3_core.losses import L2Loss
-from ld3_core.mixture import GaussianMixture, make_mixture, mixture_conditioning, mixture_model_patcher
-from ld3_core.model_patch import patch_model
+from ld3_core.mixture import GaussianMixture, make_mixture
 from ld3_core.schedule import Schedule
 from ld3_core.teacher import TeacherData, schedule_sigmas, start_noise
 from ld3_core.trainer import TrainConfig

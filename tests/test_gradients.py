@@ -14,12 +14,13 @@ import pytest
 import tiny_models
 import torch
 
-from ld3_core.comfy_adapter import Conditioning, DifferentiableSampler, sample_stock
+from ld3_core.comfyui.adapter import Conditioning, DifferentiableSampler, sample_stock
+from ld3_core.comfyui.mixture_model import mixture_conditioning, mixture_model_patcher
+from ld3_core.comfyui.model_patch import patch_model
+from ld3_core.comfyui.solvers import PAPER_SAMPLERS, SUPPORTED_SAMPLERS, check_sampler
 from ld3_core.errors import LD3InputError
-from ld3_core.mixture import make_mixture, mixture_conditioning, mixture_model_patcher
-from ld3_core.model_patch import patch_model
+from ld3_core.mixture import make_mixture
 from ld3_core.schedule import Schedule
-from ld3_core.solvers import PAPER_SAMPLERS, SUPPORTED_SAMPLERS, check_sampler
 from ld3_core.teacher import schedule_sigmas
 
 MIXTURE_SHAPE = (2, 4, 4)
@@ -33,7 +34,7 @@ SETUPS = {"eps": ("karras", 5), "flow": ("normal", 4)}
 FD_STEP = {"eps": 1e-5, "flow": 1e-5}
 RTOL = 1e-5
 # DEIS' coefficient Jacobian is itself a central difference (relative step 1e-4 over ComfyUI's
-# 10,000-point numerical integration, ld3_core/solvers.py), so its gradient carries that error too.
+# 10,000-point numerical integration, ld3_core/comfyui/solvers.py), so its gradient carries that error too.
 RTOL_DEIS = 1e-4
 
 REFUSED = (

@@ -9,7 +9,8 @@ import tiny_models
 import torch
 from comfy_extras.nodes_model_advanced import ModelSamplingFlux, ModelSamplingSD3
 
-from ld3_core.identity import model_identity, same_model
+from ld3_core.comfyui.identity import model_identity
+from ld3_core.identity import same_model
 
 
 def with_patch(model, strength: float = 1.0, scale: float = 0.01):

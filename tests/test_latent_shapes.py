@@ -14,13 +14,14 @@ import torch
 from conftest import COMFYUI_DIR
 
 from ld3_core import api
-from ld3_core.comfy_adapter import Conditioning, DifferentiableSampler
+from ld3_core.comfyui.adapter import Conditioning, DifferentiableSampler
+from ld3_core.comfyui.mixture_model import mixture_conditioning, mixture_model_patcher
+from ld3_core.comfyui.model_patch import patch_model
+from ld3_core.comfyui.scheduler import register_ld3_scheduler
 from ld3_core.errors import LD3InputError
 from ld3_core.losses import make_loss
-from ld3_core.mixture import make_mixture, mixture_conditioning, mixture_model_patcher
-from ld3_core.model_patch import patch_model
+from ld3_core.mixture import make_mixture
 from ld3_core.schedule import Schedule
-from ld3_core.scheduler import register_ld3_scheduler
 from ld3_core.teacher import generate_teacher
 from ld3_core.teacher_file import parse_teacher_bytes, teacher_file_bytes
 from ld3_core.trainer import TrainConfig

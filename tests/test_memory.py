@@ -14,7 +14,7 @@ import pytest
 import tiny_models
 import torch
 
-from ld3_core.comfy_adapter import Conditioning, DifferentiableSampler
+from ld3_core.comfyui.adapter import Conditioning, DifferentiableSampler
 from ld3_core.schedule import Schedule
 from ld3_core.teacher import schedule_sigmas
 

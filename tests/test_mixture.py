@@ -9,13 +9,8 @@ import comfy.samplers
 import pytest
 import torch
 
-from ld3_core.mixture import (
-    GaussianMixture,
-    make_mixture,
-    mixture_conditioning,
-    mixture_model_patcher,
-    mixture_separation,
-)
+from ld3_core.comfyui.mixture_model import mixture_conditioning, mixture_model_patcher
+from ld3_core.mixture import GaussianMixture, make_mixture, mixture_separation
 
 SHAPES = {"3d": (3, 16), "4d": (4, 8, 8), "5d": (2, 3, 4, 4)}
 

@@ -3,7 +3,8 @@
 import torch
 
 from ld3_core.api import config_for_model
-from ld3_core.mixture import make_mixture, mixture_model_patcher
+from ld3_core.comfyui.mixture_model import mixture_model_patcher
+from ld3_core.mixture import make_mixture
 from ld3_core.trainer import TrainConfig
 
 

@@ -1,7 +1,7 @@
 """What the pack does with the ComfyUI features users run today (0.4x) that ComfyUI 0.3.75 lacks.
 
 The ComfyUI installed here is 0.3.75; the newer behaviour was read in the 0.38.1 sources (see
-ld3_core/comfy_adapter.py and ld3_core/model_patch.py). Each test reproduces exactly the part of the
+ld3_core/comfyui/adapter.py and ld3_core/comfyui/model_patch.py). Each test reproduces exactly the part of the
 newer ComfyUI that the pack relies on, on top of the real 0.3.75 runtime:
 
 - ``comfy.model_management.in_training``: a module flag newer ComfyUI reads inside its models to pick
@@ -16,10 +16,11 @@ import comfy.model_patcher
 import pytest
 import torch
 
-from ld3_core.comfy_adapter import Conditioning, DifferentiableSampler, sample_stock
+from ld3_core.comfyui.adapter import Conditioning, DifferentiableSampler, sample_stock
+from ld3_core.comfyui.mixture_model import mixture_conditioning, mixture_model_patcher
+from ld3_core.comfyui.model_patch import patch_model
 from ld3_core.errors import LD3InputError
-from ld3_core.mixture import make_mixture, mixture_conditioning, mixture_model_patcher
-from ld3_core.model_patch import patch_model
+from ld3_core.mixture import make_mixture
 from ld3_core.schedule import Schedule
 from ld3_core.teacher import schedule_sigmas
 

@@ -145,3 +145,80 @@ def test_imports_point_one_way(package):
                     f"{where}: ld3_core imports `{'.'.join(target) or '<pack root>'}` outside ld3_core"
                 )
     assert not problems, "\n".join(problems)
+
+
+# -- one ComfyUI boundary: ld3_core/comfyui/ (issue 14) ---------------------------------------------
+
+COMFYUI_MODULES = {
+    "comfy",
+    "comfy_extras",
+    "comfy_execution",
+    "comfy_api",
+    "comfyui_version",
+    "folder_paths",
+    "server",
+    "execution",
+    "latent_preview",
+    "node_helpers",
+}
+BOUNDARY = PACK_ROOT / "ld3_core" / "comfyui"
+# nodes/ may use ComfyUI for folder paths, the node schema, progress / cancel and the server's text channel.
+NODES_MAY_IMPORT = {
+    "folder_paths",
+    "comfy_api.latest",
+    "comfy.utils",
+    "comfy.model_management",
+    "comfy_execution.utils",
+    "comfy_execution.validation",
+    "server",
+    "comfyui_version",
+}
+
+
+def _dynamic_imports(path: Path):
+    """(what, lineno) for every ``importlib`` import and ``__import__`` call: imports by string."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "importlib" for a in node.names):
+            yield "importlib", node.lineno
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "importlib":
+            yield "importlib", node.lineno
+        elif isinstance(node, ast.Name) and node.id == "__import__":
+            yield "__import__", node.lineno
+
+
+def test_comfyui_is_used_only_inside_the_boundary():
+    problems = []
+    for path in sorted((PACK_ROOT / "ld3_core").rglob("*.py")):
+        if BOUNDARY in path.parents:
+            continue
+        where = path.relative_to(PACK_ROOT)
+        for module, level, lineno in _imports(path):
+            if level == 0 and module.split(".")[0] in COMFYUI_MODULES:
+                problems.append(f"{where}:{lineno}: imports `{module}` outside ld3_core/comfyui/")
+        for what, lineno in _dynamic_imports(path):
+            problems.append(f"{where}:{lineno}: `{what}` (an import by string) outside ld3_core/comfyui/")
+    for path in sorted((PACK_ROOT / "nodes").rglob("*.py")):
+        where = path.relative_to(PACK_ROOT)
+        for module, level, lineno in _imports(path):
+            if level == 0 and module.split(".")[0] in COMFYUI_MODULES and module not in NODES_MAY_IMPORT:
+                problems.append(f"{where}:{lineno}: nodes import `{module}`: use ld3_core/comfyui/")
+        for what, lineno in _dynamic_imports(path):
+            problems.append(f"{where}:{lineno}: `{what}` (an import by string) in nodes/")
+    assert not problems, "\n".join(problems)
+
+
+def test_the_boundary_docstring_lists_what_it_relies_on():
+    import ld3_core.comfyui
+    from ld3_core.comfyui.requirements import REQUIRED
+
+    doc = ld3_core.comfyui.__doc__
+    used = {
+        module
+        for path in BOUNDARY.rglob("*.py")
+        for module, level, _ in _imports(path)
+        if level == 0 and module.split(".")[0] in COMFYUI_MODULES
+    }
+    assert used, "the boundary imports nothing from ComfyUI: is BOUNDARY right?"
+    assert [m for m in sorted(used) if m not in doc] == []
+    assert [p for p in REQUIRED if p.rsplit(".", 1)[1] not in doc] == []

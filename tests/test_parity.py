@@ -13,14 +13,15 @@ import tiny_models
 import torch
 
 from ld3_core.api import sample_with_schedule
-from ld3_core.comfy_adapter import Conditioning, DifferentiableSampler
-from ld3_core.mixture import make_mixture, mixture_conditioning, mixture_model_patcher
-from ld3_core.model_patch import learned_schedule, patch_model
+from ld3_core.comfyui.adapter import Conditioning, DifferentiableSampler
+from ld3_core.comfyui.mixture_model import mixture_conditioning, mixture_model_patcher
+from ld3_core.comfyui.model_patch import learned_schedule, patch_model
+from ld3_core.comfyui.scheduler import register_ld3_scheduler
+from ld3_core.comfyui.solvers import SUPPORTED_SAMPLERS
+from ld3_core.mixture import make_mixture
 from ld3_core.parameterisation import ScheduleParameters, logits_from_sigmas
 from ld3_core.schedule import Schedule
 from ld3_core.schedule_file import ScheduleRecord, load_schedule, save_schedule
-from ld3_core.scheduler import register_ld3_scheduler
-from ld3_core.solvers import SUPPORTED_SAMPLERS
 from ld3_core.teacher import schedule_sigmas
 
 # Every sampler LD3 trains, multi-stage ones (heun, dpm_2: extra evaluations between the steps; uni_pc:

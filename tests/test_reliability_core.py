@@ -6,11 +6,13 @@ import comfy.samplers
 import pytest
 import torch
 
-from ld3_core import api, model_patch, scheduler
-from ld3_core.comfy_adapter import Conditioning, LD3OutOfMemoryError, sample_stock
+from ld3_core import api
+from ld3_core.comfyui import model_patch, scheduler
+from ld3_core.comfyui.adapter import Conditioning, LD3OutOfMemoryError, sample_stock
+from ld3_core.comfyui.mixture_model import mixture_conditioning, mixture_model_patcher
 from ld3_core.errors import LD3InputError
 from ld3_core.losses import make_loss
-from ld3_core.mixture import make_mixture, mixture_conditioning, mixture_model_patcher
+from ld3_core.mixture import make_mixture
 from ld3_core.schedule import Schedule
 from ld3_core.teacher import generate_teacher
 from ld3_core.trainer import TrainConfig

@@ -6,9 +6,10 @@ import comfy.patcher_extension as pe
 import pytest
 import torch
 
-from ld3_core.comfy_adapter import Conditioning, sample_stock
-from ld3_core.mixture import make_mixture, mixture_conditioning, mixture_model_patcher
-from ld3_core.model_patch import LD3_KEY, patch_model
+from ld3_core.comfyui.adapter import Conditioning, sample_stock
+from ld3_core.comfyui.mixture_model import mixture_conditioning, mixture_model_patcher
+from ld3_core.comfyui.model_patch import LD3_KEY, patch_model
+from ld3_core.mixture import make_mixture
 from ld3_core.schedule import Schedule
 from ld3_core.teacher import schedule_sigmas
 

@@ -13,13 +13,14 @@ import tiny_models
 import torch
 
 from ld3_core.api import builtin_schedules, learn_schedule
-from ld3_core.comfy_adapter import Conditioning, sample_stock
+from ld3_core.comfyui.adapter import Conditioning, sample_stock
+from ld3_core.comfyui.mixture_model import mixture_conditioning, mixture_model_patcher
+from ld3_core.comfyui.model_patch import patch_model
+from ld3_core.comfyui.scheduler import register_ld3_scheduler
+from ld3_core.comfyui.solvers import is_stochastic
 from ld3_core.errors import LD3InputError
 from ld3_core.losses import make_loss
-from ld3_core.mixture import make_clustered_mixture, make_mixture, mixture_conditioning, mixture_model_patcher
-from ld3_core.model_patch import patch_model
-from ld3_core.scheduler import register_ld3_scheduler
-from ld3_core.solvers import is_stochastic
+from ld3_core.mixture import make_clustered_mixture, make_mixture
 from ld3_core.teacher import (
     AUTO,
     DIFFUSION_REFERENCE_SCHEDULER,

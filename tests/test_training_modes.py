@@ -16,9 +16,9 @@ import tiny_models
 import torch
 from conftest import COMFYUI_DIR
 
-from ld3_core import comfy_adapter
 from ld3_core.api import learn_schedule
-from ld3_core.comfy_adapter import Conditioning
+from ld3_core.comfyui import adapter as comfy_adapter
+from ld3_core.comfyui.adapter import Conditioning
 from ld3_core.losses import make_loss
 from ld3_core.parameterisation import ball_radius
 from ld3_core.schedule import Schedule

@@ -28,8 +28,8 @@ from functools import cache, partial
 
 import torch
 
-from .comfy_ui import notify_user
-from .schedule import Schedule, map_sigma
+from ..comfy_ui import notify_user
+from ..schedule import Schedule, map_sigma
 
 LD3_KEY = "ld3"
 

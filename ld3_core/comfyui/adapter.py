@@ -31,9 +31,9 @@ from dataclasses import dataclass
 import torch
 import torch.utils.checkpoint
 
+from ..errors import LD3InputError
+from ..schedule import Schedule
 from . import model_patch, solvers
-from .errors import LD3InputError
-from .schedule import Schedule
 
 
 class LD3OutOfMemoryError(RuntimeError):

@@ -21,7 +21,7 @@ from functools import cache
 
 import torch
 
-from .errors import LD3InputError
+from ..errors import LD3InputError
 
 # Deterministic ODE samplers whose sigma gradients are exact through the twin modules.
 SUPPORTED_SAMPLERS: tuple[str, ...] = (

@@ -1,4 +1,4 @@
-"""The ComfyUI internals the pack relies on, checked once when it loads.
+"""The ComfyUI internals the pack relies on (the package docstring lists them all), checked once when it loads.
 
 Each entry is a dotted path (module, then attributes) with what uses it. All are present in ComfyUI 0.3.75
 (run here) and in the 0.38.1 sources (read). Newer-only features (Dynamic VRAM's
@@ -30,7 +30,10 @@ REQUIRED: dict[str, str] = {
     "comfy.model_patcher.ModelPatcher.get_model_object": "every node that takes a MODEL",
     "comfy.model_sampling.ModelSamplingDiscrete": "continuous network time on SD1.x / SDXL",
     "comfy.model_sampling.CONST": "flow models (teacher scheduler, first step)",
+    "comfy.model_patcher.ModelPatcher.clone": "the learned schedule on a MODEL",
     "comfy.model_management.OOM_EXCEPTION": "out-of-memory advice",
+    "comfy.model_management.load_models_gpu": "the LPIPS loss (VAE decode)",
+    "comfy.sample.fix_empty_latent_channels": "LD3 Generate Teacher (the latent shape)",
     "comfy_execution.utils.get_executing_context": "text shown on nodes",
 }
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from .comfy_ui import notify_user
-from .errors import LD3InputError
-from .resample import resample_log_linear
+from ..comfy_ui import notify_user
+from ..errors import LD3InputError
+from ..resample import resample_log_linear
 
 SCHEDULER_NAME = "ld3"
 # Mirrors comfy.samplers.KSampler.DISCARD_PENULTIMATE_SIGMA_SAMPLERS (read from ComfyUI when registering).
