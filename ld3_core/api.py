@@ -7,13 +7,21 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
 from .comfyui import model_patch
 from .comfyui.adapter import Conditioning, DifferentiableSampler, out_of_memory_guard, sample_stock
 from .comfyui.identity import model_identity
-from .comfyui.registry import builtin_schedules, extra_schedules, is_flow_model, schedule_sigmas, sigma_range
+from .comfyui.registry import (
+    builtin_schedules,
+    extra_schedules,
+    is_flow_model,
+    sampling_latent_shape,
+    schedule_sigmas,
+    sigma_range,
+)
 from .comfyui.solvers import check_sampler
 from .errors import LD3InputError
 from .identity import same_model
@@ -21,9 +29,10 @@ from .losses import L2Loss, make_loss
 from .plot import training_plots
 from .resample import resample_log_linear
 from .schedule import Schedule
-from .schedule_file import ScheduleRecord, ScheduleSaver, load_schedule, validate_schedule_name
+from .schedule_file import ScheduleRecord, ScheduleSaver, atomic_write, load_schedule, validate_schedule_name
 from .teacher import TeacherData
-from .teacher_check import teacher_error_warning
+from .teacher_check import generate_checked_teacher, self_error_warning, teacher_error_warning, teacher_report
+from .teacher_file import check_prompts, next_numbered_path, parse_teacher_bytes, teacher_file_bytes
 from .trainer import Loss, Progress, TrainConfig, TrainResult, train_schedule
 
 MAX_STEPS = 100
@@ -328,14 +337,14 @@ SIGMA_RANGE_SLACK = 10.0
 
 
 def load_for_model(
-    record: ScheduleRecord,
+    path: str | os.PathLike,
     name: str,
     model_patcher,
     sampler: str | None = None,
     steps: int = 0,
     denoise: float = 1.0,
 ) -> LoadedSchedule:
-    """A saved schedule checked against the MODEL it is to be used with, for LD3 Load Sigmas.
+    """LD3 Load Sigmas: the schedule file at ``path`` read, checked and applied to the MODEL.
 
     Refused: another sampler than ``sampler`` (None: any), or values this model cannot have been trained
     with (learned for a model with another highest sigma, a first step sigma above the model's highest,
@@ -344,6 +353,7 @@ def load_for_model(
     of the SIGMAS (img2img, a hires pass), as ComfyUI's AlignYourSteps / OptimalSteps nodes do; the MODEL
     still carries the whole schedule, whose per-step sigmas map the steps kept.
     """
+    record = load_schedule(path)
     if sampler is not None and sampler != record.sampler:
         raise LD3InputError(
             "sampler_name",
@@ -468,3 +478,70 @@ def heldout_errors(
             per_sample.append((out.float().cpu() - teacher.targets[i : i + 1]).pow(2).mean().sqrt())
         errors[name] = torch.stack(per_sample)
     return errors
+
+
+@dataclass
+class GeneratedTeacher:
+    """What LD3 Generate Teacher outputs: the checked teacher data, its prompts, where it was saved, the
+    report and (when the teacher's own error is too large) the warning."""
+
+    data: TeacherData
+    conditionings: tuple[Conditioning, ...]
+    path: Path
+    report: str
+    warning: str | None
+
+
+def generate_teacher_file(
+    model_patcher,
+    positives: Sequence[list],
+    negative: list,
+    cfg: float,
+    latent_samples: torch.Tensor,
+    count: int,
+    seed: int,
+    sampler: str,
+    scheduler: str,
+    steps: int,
+    batch_size: int,
+    name: str,
+    directory: str | os.PathLike,
+    versions: Mapping[str, str],
+    progress: Callable[[int, int], None] | None = None,
+) -> GeneratedTeacher:
+    """LD3 Generate Teacher: inputs checked before any sampling, the teacher and its self-check solved
+    (``progress(done, total)`` in sample-steps), saved as ``<directory>/<name>_<counter>.safetensors``."""
+    validate_schedule_name(name, "name", "the LD3 teacher folder (output/ld3)")
+    conditionings = tuple(Conditioning(p, negative, cfg) for p in positives)
+    data = generate_checked_teacher(
+        model_patcher,
+        conditionings,
+        sampling_latent_shape(model_patcher, latent_samples),
+        count,
+        seed,
+        sampler=sampler,
+        scheduler=scheduler,
+        steps=steps,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    stem = name[: -len(".safetensors")] if name.lower().endswith(".safetensors") else name
+    path = next_numbered_path(directory, stem)
+    atomic_write(path, teacher_file_bytes(data, dict(versions)))
+    logging.info("LD3: teacher data (%d samples) saved to %s", count, path)
+    return GeneratedTeacher(
+        data, conditionings, path, teacher_report(data.info), self_error_warning(data.info)
+    )
+
+
+def load_teacher_file(
+    path: str | os.PathLike, name: str, positives: Sequence[list], negative: list
+) -> tuple[TeacherData, tuple[Conditioning, ...]]:
+    """LD3 Load Teacher: a saved teacher file, checked, with the prompts it was made with (checked too)."""
+    data = parse_teacher_bytes(Path(path).read_bytes(), name=name)
+    check_prompts(data, positives, negative)
+    conditionings = tuple(
+        Conditioning(p, negative, float(cfg)) for p, cfg in zip(positives, data.info["cfg"], strict=True)
+    )
+    logging.info("LD3: teacher data (%d samples) loaded from %s", len(data.noise), path)
+    return data, conditionings

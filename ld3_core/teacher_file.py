@@ -9,7 +9,10 @@ and compares each with a sketch of the one the teacher was made with (``conditio
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from safetensors.torch import save as _safetensors_save
@@ -182,3 +185,18 @@ def _is_count(value: object) -> bool:
 
 def _is_vector(value: object) -> bool:
     return isinstance(value, list) and len(value) == SKETCH_SIZE and all(_is_finite_number(v) for v in value)
+
+
+def next_numbered_path(directory: str | os.PathLike, stem: str, suffix: str = ".safetensors") -> Path:
+    """``<directory>/<stem>_<counter>.safetensors`` with the counter one past the highest existing one."""
+    directory = Path(directory)
+    pattern = re.compile(re.escape(stem) + r"_(\d+)" + re.escape(suffix) + "$")
+    used = [int(m.group(1)) for p in _listdir(directory) if (m := pattern.match(p))]
+    return directory / f"{stem}_{max(used, default=0) + 1:05d}{suffix}"
+
+
+def _listdir(directory: Path) -> list[str]:
+    try:
+        return os.listdir(directory)
+    except FileNotFoundError:
+        return []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +17,8 @@ from ..ld3_core.comfyui.adapter import Conditioning
 from ..ld3_core.comfyui.requirements import check_at_load
 from ..ld3_core.comfyui.scheduler import register_ld3_scheduler
 from ..ld3_core.errors import LD3InputError
-from ..ld3_core.schedule_file import atomic_write, default_versions
+from ..ld3_core.schedule_file import default_versions
 from ..ld3_core.teacher import TeacherData
-from ..ld3_core.teacher_file import teacher_file_bytes
 
 SCHEDULE_FOLDER = "ld3"  # models/ld3: learned schedule files
 LPIPS_FOLDER = "lpips"  # models/lpips: alexnet.safetensors for the LPIPS loss, if present
@@ -131,21 +129,6 @@ class NodeProgress:
         comfy.model_management.throw_exception_if_processing_interrupted()
 
 
-def next_numbered_path(directory: str | os.PathLike, stem: str, suffix: str = ".safetensors") -> Path:
-    """``<directory>/<stem>_<counter>.safetensors`` with the counter one past the highest existing one."""
-    directory = Path(directory)
-    pattern = re.compile(re.escape(stem) + r"_(\d+)" + re.escape(suffix) + "$")
-    used = [int(m.group(1)) for p in _listdir(directory) if (m := pattern.match(p))]
-    return directory / f"{stem}_{max(used, default=0) + 1:05d}{suffix}"
-
-
-def _listdir(directory: Path) -> list[str]:
-    try:
-        return os.listdir(directory)
-    except FileNotFoundError:
-        return []
-
-
 def teacher_dir() -> Path:
     """Where LD3 Generate Teacher saves and LD3 Load Teacher reads: output/ld3."""
     return Path(folder_paths.get_output_directory()) / TEACHER_SUBFOLDER
@@ -202,11 +185,3 @@ def link_type_error(node_class, input_types: dict | None) -> LD3InputError | Non
 def validation_answer(error: LD3InputError | None) -> bool | str:
     """What a node's validate_inputs returns: True, or the message ComfyUI shows under the input's name."""
     return True if error is None else f"{error.problem}. {error.fix}"
-
-
-def save_teacher_file(teacher: TeacherData, name: str) -> Path:
-    """Save teacher tensors + JSON info as output/ld3/<name>_<counter>.safetensors (atomically)."""
-    stem = name[: -len(".safetensors")] if name.lower().endswith(".safetensors") else name
-    path = next_numbered_path(teacher_dir(), stem)
-    atomic_write(path, teacher_file_bytes(teacher, versions()))
-    return path

@@ -1,10 +1,8 @@
 """LD3 Demo Model: an exact Gaussian-mixture "diffusion model" that needs no download."""
 
-import torch
 from comfy_api.latest import io
 
-from ..ld3_core.comfyui.mixture_model import mixture_conditioning, mixture_model_patcher
-from ..ld3_core.mixture import make_clustered_mixture
+from ..ld3_core.comfyui.mixture_model import demo_model
 from ._common import data_seed
 
 # Latent channels per kind: SD1.x has 4, Flux 16 (so a flux demo has the latent shape Flux has).
@@ -58,8 +56,4 @@ class LD3DemoModel(io.ComfyNode):
 
     @classmethod
     def execute(cls, kind: str, width: int, height: int, seed: int) -> io.NodeOutput:
-        shape = (DEMO_CHANNELS[kind], height, width)
-        mixture = make_clustered_mixture(shape, seed=seed)
-        positive, negative = mixture_conditioning()
-        latent = {"samples": torch.zeros((1, *shape))}
-        return io.NodeOutput(mixture_model_patcher(mixture, kind), positive, negative, latent)
+        return io.NodeOutput(*demo_model(kind, (DEMO_CHANNELS[kind], height, width), seed))

@@ -7,7 +7,6 @@ from comfy_api.latest import io
 
 from ..ld3_core.api import load_for_model
 from ..ld3_core.comfyui.solvers import SUPPORTED_SAMPLERS
-from ..ld3_core.schedule_file import load_schedule
 from ._common import SCHEDULE_FOLDER, file_choice_error, report_output, validation_answer
 
 ANY_SAMPLER = "any"
@@ -101,7 +100,7 @@ class LD3LoadSigmas(io.ComfyNode):
         if path is None:  # gone since the prompt was queued (the listing may not know yet)
             raise _missing_schedule(schedule_file, gone=True)
         wanted = None if sampler_name in (ANY_SAMPLER, "", None) else sampler_name
-        loaded = load_for_model(load_schedule(path), schedule_file, model, wanted, steps, denoise)
+        loaded = load_for_model(path, schedule_file, model, wanted, steps, denoise)
         return report_output(loaded.sigmas, loaded.model, report=loaded.report)
 
 

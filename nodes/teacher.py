@@ -1,20 +1,10 @@
 """LD3 Generate Teacher: teacher pairs (x_T, Psi*(x_T)) from the stock sampler with many steps (paper Sec. 3.1)."""
 
-import logging
-
 from comfy_api.latest import io
 
-from ..ld3_core.comfyui.adapter import Conditioning
-from ..ld3_core.comfyui.registry import sampler_names, sampling_latent_shape
-from ..ld3_core.schedule_file import validate_schedule_name
+from ..ld3_core.api import generate_teacher_file, load_teacher_file
+from ..ld3_core.comfyui.registry import sampler_names
 from ..ld3_core.teacher import AUTO, TEACHER_SAMPLER, check_teacher_sampler, teacher_schedulers
-from ..ld3_core.teacher_check import (
-    generate_checked_teacher,
-    self_check_work,
-    self_error_warning,
-    teacher_report,
-)
-from ..ld3_core.teacher_file import check_prompts, parse_teacher_bytes
 from ._common import (
     NodeProgress,
     Teacher,
@@ -22,10 +12,10 @@ from ._common import (
     data_seed,
     file_choice_error,
     report_output,
-    save_teacher_file,
     teacher_dir,
     teacher_files,
     validation_answer,
+    versions,
 )
 
 EXTRA_PROMPTS = ("positive_2", "positive_3", "positive_4")
@@ -163,30 +153,24 @@ class LD3GenerateTeacher(io.ComfyNode):
         positive_3=None,
         positive_4=None,
     ) -> io.NodeOutput:
-        validate_schedule_name(name, "name", "the LD3 teacher folder (output/ld3)")
-        prompts = _prompts(positive, positive_2, positive_3, positive_4)
-        conditionings = tuple(Conditioning(p, negative, cfg) for p in prompts)
-        latent_shape = sampling_latent_shape(model, latent["samples"])
-        work = sample_count * steps + self_check_work(sample_count, len(conditionings), steps)
-        data = generate_checked_teacher(
+        made = generate_teacher_file(
             model,
-            conditionings,
-            latent_shape,
+            _prompts(positive, positive_2, positive_3, positive_4),
+            negative,
+            cfg,
+            latent["samples"],
             sample_count,
             seed,
-            sampler=sampler_name,
-            scheduler=scheduler,
-            steps=steps,
-            batch_size=batch_size,
-            progress=NodeProgress(work),
+            sampler_name,
+            scheduler,
+            steps,
+            batch_size,
+            name,
+            teacher_dir(),
+            versions(),
+            progress=NodeProgress(1),
         )
-        path = save_teacher_file(data, name)
-        logging.info("LD3: teacher data (%d samples) saved to %s", sample_count, path)
-        report = teacher_report(data.info)
-        logging.info("LD3: %s", report.replace("\n", "\nLD3: "))
-        if warning := self_error_warning(data.info):
-            logging.warning("LD3: %s", warning)
-        return report_output(TeacherBundle(data, conditionings), report=report)
+        return report_output(TeacherBundle(made.data, made.conditionings), report=made.report)
 
 
 class LD3LoadTeacher(io.ComfyNode):
@@ -227,14 +211,8 @@ class LD3LoadTeacher(io.ComfyNode):
     ) -> io.NodeOutput:
         if error := _missing_teacher(teacher_file):  # also when the file went away after queueing
             raise error
-        path = teacher_dir() / teacher_file
-        data = parse_teacher_bytes(path.read_bytes(), name=teacher_file)
         prompts = _prompts(positive, positive_2, positive_3, positive_4)
-        check_prompts(data, prompts, negative)
-        conditionings = tuple(
-            Conditioning(p, negative, float(cfg)) for p, cfg in zip(prompts, data.info["cfg"], strict=True)
-        )
-        logging.info("LD3: teacher data (%d samples) loaded from %s", len(data.noise), path)
+        data, conditionings = load_teacher_file(teacher_dir() / teacher_file, teacher_file, prompts, negative)
         return io.NodeOutput(TeacherBundle(data, conditionings))
 
 

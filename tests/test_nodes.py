@@ -605,21 +605,23 @@ def test_register_pack_is_idempotent(ld3_pack):
         assert len(paths) == len(set(paths)) and extensions == {".safetensors"}
 
 
-def test_atomic_write_and_numbered_paths(ld3_pack, tmp_path):
-    common = _node_module("_common")
-    assert common.next_numbered_path(tmp_path / "none", "t") == tmp_path / "none" / "t_00001.safetensors"
+def test_atomic_write_and_numbered_paths(tmp_path):
+    from ld3_core.schedule_file import atomic_write
+    from ld3_core.teacher_file import next_numbered_path
+
+    assert next_numbered_path(tmp_path / "none", "t") == tmp_path / "none" / "t_00001.safetensors"
     for n in (1, 7):
         (tmp_path / f"t_{n:05d}.safetensors").write_bytes(b"x")
     (tmp_path / "t_x_00009.safetensors").write_bytes(b"x")  # another stem
-    assert common.next_numbered_path(tmp_path, "t").name == "t_00008.safetensors"
+    assert next_numbered_path(tmp_path, "t").name == "t_00008.safetensors"
 
     target = tmp_path / "sub" / "f.bin"
-    common.atomic_write(target, b"first")
-    common.atomic_write(target, b"second")
+    atomic_write(target, b"first")
+    atomic_write(target, b"second")
     assert target.read_bytes() == b"second"
 
     with pytest.raises(TypeError):
-        common.atomic_write(target, object())  # the write fails: the old file stays, no temp file
+        atomic_write(target, object())  # the write fails: the old file stays, no temp file
     assert target.read_bytes() == b"second"
     assert [p.name for p in target.parent.iterdir()] == ["f.bin"]
 

@@ -14,7 +14,7 @@ import comfy.patcher_extension
 import comfy.supported_models_base
 import torch
 
-from ..mixture import GaussianMixture
+from ..mixture import GaussianMixture, make_clustered_mixture
 
 # SD1.x's discrete schedule (comfy/supported_models.py SD15 leaves these at ModelSamplingDiscrete's defaults).
 SD1_SAMPLING = {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012, "timesteps": 1000}
@@ -157,3 +157,11 @@ def mixture_conditioning(batch: int = 1) -> tuple[list, list]:
     positive = [[torch.zeros((batch, *CONTEXT_SHAPE)), {}]]
     negative = [[torch.zeros((batch, *CONTEXT_SHAPE)), {}]]
     return positive, negative
+
+
+def demo_model(kind: Literal["eps", "flow", "flux"], shape: tuple[int, ...], seed: int):
+    """LD3 Demo Model: (MODEL, positive, negative, LATENT) of a clustered mixture (``make_clustered_mixture``)
+    of the given latent shape; the LATENT is one empty latent of that shape."""
+    positive, negative = mixture_conditioning()
+    model = mixture_model_patcher(make_clustered_mixture(shape, seed=seed), kind)
+    return model, positive, negative, {"samples": torch.zeros((1, *shape))}
