@@ -519,11 +519,11 @@ def generate_teacher_file(
         sampling_latent_shape(model_patcher, latent_samples),
         count,
         seed,
-        sampler=sampler,
-        scheduler=scheduler,
-        steps=steps,
-        batch_size=batch_size,
-        progress=progress,
+        sampler,
+        scheduler,
+        steps,
+        batch_size,
+        progress,
     )
     stem = name[: -len(".safetensors")] if name.lower().endswith(".safetensors") else name
     path = next_numbered_path(directory, stem)
