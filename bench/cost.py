@@ -19,6 +19,13 @@ import time
 import torch
 
 FLOOR_PER_NFE = 3.2  # forward + recompute + input-only backward, in plain forwards
+
+
+def _cell(name: str, sampler: str, nfe: int, loss_kind: str, batch: int) -> dict:
+    """The keys that name a measurement's cell."""
+    return {"model": name, "sampler": sampler, "nfe": nfe, "loss": loss_kind, "batch": batch}
+
+
 COST_CASES = (
     # model, sampler, NFE, loss, batch
     ("tiny-sd15-eps", "dpmpp_2m", 6, "lpips", 2),
@@ -113,11 +120,7 @@ def iteration_cost(name, sampler, nfe, loss_kind, batch, repeats=5) -> dict:
     unit = nfe * plain_call
     floor = FLOOR_PER_NFE * unit + FLOOR_PER_NFE * loss_floor
     return {
-        "model": name,
-        "sampler": sampler,
-        "nfe": nfe,
-        "loss": loss_kind,
-        "batch": batch,
+        **_cell(name, sampler, nfe, loss_kind, batch),
         "plain_call_s": plain_call,
         "loss_forward_nograd_s": loss_floor,
         "parts_s": parts,
@@ -289,11 +292,7 @@ def weight_grad_contrast(name, sampler, nfe, loss_kind, batch, repeats=5) -> dic
     frozen_s, frozen_peak = run(True)
     weight_bytes = sum(p.numel() * p.element_size() for p in params)
     return {
-        "model": name,
-        "sampler": sampler,
-        "nfe": nfe,
-        "loss": loss_kind,
-        "batch": batch,
+        **_cell(name, sampler, nfe, loss_kind, batch),
         "weights_bytes": weight_bytes,
         "frozen_s": frozen_s,
         "thawed_s": thawed_s,

@@ -66,6 +66,22 @@ def tiny_vae(seed: int = 3, dtype: torch.dtype = torch.float32):
     return build_tiny_vae(seed, dtype)
 
 
+def _tiny(name, patcher, conds, cfg, latent_shape, family, scheduler, vae=None) -> BenchModel:
+    """A tiny random network: its reference is the teacher itself (LD3 Generate Teacher's defaults)."""
+    return BenchModel(
+        name=name,
+        patcher=patcher,
+        cond=Conditioning(*conds, cfg),
+        latent_shape=latent_shape,
+        family=family,
+        exact=False,
+        reference_sampler=TEACHER_SAMPLER,
+        reference_scheduler=scheduler,
+        reference_steps=TEACHER_STEPS,
+        vae=vae,
+    )
+
+
 def build(name: str) -> BenchModel:
     """Build one benchmark model by name (see MODELS)."""
     import comfy.model_base
@@ -82,33 +98,13 @@ def build(name: str) -> BenchModel:
             else comfy.model_base.ModelType.V_PREDICTION
         )
         patcher = tiny_models.build_tiny_sd15(kind, seed=0 if name.endswith("eps") else 1)
-        positive, negative = tiny_models.sd15_conditioning(seed=0)
-        return BenchModel(
-            name=name,
-            patcher=patcher,
-            cond=Conditioning(positive, negative, 3.0),
-            latent_shape=(4, 8, 8),
-            family="sd1",
-            exact=False,
-            reference_sampler=TEACHER_SAMPLER,  # the teacher itself: LD3 Generate Teacher's defaults
-            reference_scheduler="karras",
-            reference_steps=TEACHER_STEPS,
-            vae=tiny_vae() if name.endswith("eps") else None,
+        vae = tiny_vae() if name.endswith("eps") else None
+        return _tiny(
+            name, patcher, tiny_models.sd15_conditioning(seed=0), 3.0, (4, 8, 8), "sd1", "karras", vae
         )
     if name == "tiny-flux":
         patcher = tiny_models.build_tiny_flux(seed=2)
-        positive, negative = tiny_models.flux_conditioning(seed=0)
-        return BenchModel(
-            name=name,
-            patcher=patcher,
-            cond=Conditioning(positive, negative, 1.0),
-            latent_shape=(16, 16, 16),
-            family="flow",
-            exact=False,
-            reference_sampler=TEACHER_SAMPLER,
-            reference_scheduler="beta",
-            reference_steps=TEACHER_STEPS,
-        )
+        return _tiny(name, patcher, tiny_models.flux_conditioning(seed=0), 1.0, (16, 16, 16), "flow", "beta")
     if name == "digits-edm":
         from bench import digits
 

@@ -76,6 +76,14 @@ def check_teacher(teacher: TeacherData, model_patcher, node: str = "LD3 Train Si
         )
 
 
+def _checked_candidates(model_patcher, teacher: TeacherData, sampler: str, steps: int) -> dict:
+    """The sampler, step count and teacher (its model) checked; the built-in schedules to start from."""
+    check_sampler(sampler)
+    check_steps(steps)
+    check_teacher(teacher, model_patcher)
+    return candidate_schedules(model_patcher, steps, sampler)
+
+
 def learn_schedule(
     model_patcher,
     teacher: TeacherData,
@@ -86,39 +94,16 @@ def learn_schedule(
     on_progress: Callable[[Progress], None] | None = None,
     on_best: Callable[[TrainResult], None] | None = None,
     incumbent: Schedule | None = None,
+    candidates: Mapping[str, torch.Tensor] | None = None,
 ) -> TrainResult:
     """LD3 for one model + sampler + step count, started from the best of ``candidate_schedules``.
 
     ``incumbent``: the schedule already saved under the run's name (``schedule_to_beat``); see
-    ``train_schedule``.
+    ``train_schedule``. ``candidates``: the built-in schedules from ``_checked_candidates`` when the
+    caller has checked the inputs already (None: checked and built here).
     """
-    candidates = _checked_candidates(model_patcher, teacher, sampler, config.steps)
-    return _learn(
-        model_patcher,
-        teacher,
-        conditionings,
-        sampler,
-        config,
-        loss,
-        candidates,
-        on_progress,
-        on_best,
-        incumbent,
-    )
-
-
-def _checked_candidates(model_patcher, teacher: TeacherData, sampler: str, steps: int) -> dict:
-    """The sampler, step count and teacher (its model) checked; the built-in schedules to start from."""
-    check_sampler(sampler)
-    check_steps(steps)
-    check_teacher(teacher, model_patcher)
-    return candidate_schedules(model_patcher, steps, sampler)
-
-
-def _learn(
-    model_patcher, teacher, conditionings, sampler, config, loss, candidates, on_progress, on_best, incumbent
-) -> TrainResult:
-    """learn_schedule once its inputs are checked and the built-in candidates built."""
+    if candidates is None:
+        candidates = _checked_candidates(model_patcher, teacher, sampler, config.steps)
     student = DifferentiableSampler(model_patcher, sampler)
 
     def run_student(noise, prompt, schedule):
@@ -214,17 +199,17 @@ def train_sigmas(
         config.recipe,
         versions,
     )
-    result = _learn(
+    result = learn_schedule(
         model_patcher,
         teacher,
         conditionings,
         sampler,
         config,
         loss,
-        candidates,
         on_progress,
         saver,
         incumbent,
+        candidates,
     )
     saver(result)  # once more, now marked "completed", with what the verdict chose
     output = result.output_schedule

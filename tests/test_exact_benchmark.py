@@ -109,14 +109,14 @@ def problems():
             is_validation=torch.arange(TRAIN_COUNT) % 2 == 1,
             info={"model": model_identity(model)},
         )
-        out[kind] = dict(
-            model=model,
-            cond=cond,
-            teacher=teacher,
-            heldout_noise=heldout_noise,
-            heldout_truth=heldout_truth,
-            truth_error=truth_error,
-        )
+        out[kind] = {
+            "model": model,
+            "cond": cond,
+            "teacher": teacher,
+            "heldout_noise": heldout_noise,
+            "heldout_truth": heldout_truth,
+            "truth_error": truth_error,
+        }
     return out
 
 

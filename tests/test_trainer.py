@@ -244,28 +244,11 @@ def test_hard_teacher_forcing_leaves_the_noise_alone_and_soft_stays_in_the_ball(
 
 def test_refuses_inconsistent_inputs():
     noise, targets, prompts, validation = problem()
-    with pytest.raises(LD3InputError, match="steps"):
-        train_schedule(
-            TrainConfig(steps=4),
-            euler_student,
-            L2(),
-            noise,
-            targets,
-            prompts,
-            validation,
-            uniform_candidate(3),
-        )
+    given = (euler_student, L2(), noise, targets, prompts)
+    with pytest.raises(LD3InputError, match="steps"):  # a 3-step candidate for a 4-step schedule
+        train_schedule(TrainConfig(steps=4), *given, validation, uniform_candidate(3))
     with pytest.raises(LD3InputError, match="validation"):
-        train_schedule(
-            TrainConfig(steps=3),
-            euler_student,
-            L2(),
-            noise,
-            targets,
-            prompts,
-            torch.zeros(16, dtype=torch.bool),
-            uniform_candidate(3),
-        )
+        train_schedule(TrainConfig(steps=3), *given, torch.zeros(16, dtype=torch.bool), uniform_candidate(3))
     with pytest.raises(LD3InputError, match="recipe"):
         TrainConfig.preset("fastest", 3)
 
