@@ -19,12 +19,13 @@ LPIPS_WEIGHTS = COMFYUI_DIR / "models" / "lpips" / "alexnet.safetensors"
 
 
 def bootstrap(cpu: bool = True, threads: int | None = None) -> None:
-    """Put ComfyUI (first), tests/ and the pack root (last) on sys.path; pick CPU or GPU."""
+    """Put ComfyUI (first), testing/ (the tiny test models) and the pack root (last) on sys.path; pick CPU or
+    GPU."""
     if not (COMFYUI_DIR / "comfy").is_dir():
         raise RuntimeError(f"No ComfyUI at {COMFYUI_DIR}: run scripts/setup.sh (or set LD3_COMFYUI_DIR).")
     if str(COMFYUI_DIR) not in sys.path:
         sys.path.insert(0, str(COMFYUI_DIR))
-    for extra in (PACK_ROOT / "tests", PACK_ROOT):
+    for extra in (PACK_ROOT / "testing", PACK_ROOT):
         if str(extra) not in sys.path:
             sys.path.append(str(extra))
     import comfy.cli_args

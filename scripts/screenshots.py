@@ -7,7 +7,7 @@ captured: docs/screenshots/<name>.png, with a caption strip saying what ran. The
 docs/screenshots/README.md.
 
 No downloads. The server gets a temporary models folder holding tiny random-weight models that
-tests/tiny_checkpoints.py writes, under the file names the workflows use: an SD1.x checkpoint that
+testing/tiny_checkpoints.py writes, under the file names the workflows use: an SD1.x checkpoint that
 CheckpointLoaderSimple detects (checkpoints/v1-5-pruned-emaonly-fp16.safetensors) and a 16-channel
 TAESD-format VAE (vae/ae.safetensors). A Flux that UNETLoader detects and DualCLIPLoader's T5-XXL cannot
 be made tiny, so in the Flux workflows the frontend swaps, visibly and with a title saying so, UNETLoader
@@ -199,7 +199,7 @@ def caption(name: str, sizes: dict | None) -> str:
     elif name.startswith("ld3_sd15"):
         parts.append(
             "Model: a tiny SD1.x checkpoint with random weights, written by scripts/screenshots.py "
-            "(tests/tiny_checkpoints.py) under the workflow's file name; its images are noise."
+            "(testing/tiny_checkpoints.py) under the workflow's file name; its images are noise."
         )
     else:
         parts.append(
@@ -223,7 +223,7 @@ def prepare_models(base: Path) -> list[str]:
     comfyui = str(bw.COMFYUI_DIR)
     if comfyui not in sys.path:
         sys.path.insert(0, comfyui)
-    sys.path.append(str(TESTS))
+    sys.path.append(str(ROOT / "testing"))
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True

@@ -92,7 +92,7 @@ def ld3_node_classes(ld3_pack) -> list:
     return asyncio.run(extension.get_node_list())
 
 
-# -- tiny models built with ComfyUI's own classes (tests/tiny_models.py) ----------------------------
+# -- tiny models built with ComfyUI's own classes (testing/tiny_models.py) ----------------------------
 
 
 @pytest.fixture(scope="session")

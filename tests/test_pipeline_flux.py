@@ -4,7 +4,7 @@ Why not the shipped loaders: a Flux that UNETLoader detects needs the full width
 24 heads x 128 = 3072 channels: ~0.2 B parameters for even one block) and DualCLIPLoader's type
 "flux" needs a full T5-XXL (4.7 B parameters); neither fits a CPU test. So the test server loads
 tests/comfy_custom_nodes, and the shipped API workflows are queued with exactly two substitutions:
-UNETLoader -> LD3TestTinyFluxModel (tests/tiny_models.py's Flux-dev layout with guidance embedding)
+UNETLoader -> LD3TestTinyFluxModel (testing/tiny_models.py's Flux-dev layout with guidance embedding)
 and DualCLIPLoader + CLIPTextEncode -> LD3TestTinyFluxText (seeded random T5/CLIP-shaped
 conditioning). Everything else is the shipped graph through the real executor: ModelSamplingFlux,
 FluxGuidance, ConditioningZeroOut, EmptySD3LatentImage, VAELoader (a 16-channel TAESD-format file it

@@ -2,7 +2,7 @@
 
 workflows/api/ld3_sd15_train.json and ld3_sd15_use_saved.json are queued through POST /prompt as
 shipped, with only sizes shrunk for the CPU and the checkpoint swapped for a tiny one written at test
-time (tests/tiny_checkpoints.py: detected by CheckpointLoaderSimple like any SD1.x checkpoint).
+time (testing/tiny_checkpoints.py: detected by CheckpointLoaderSimple like any SD1.x checkpoint).
 """
 
 import time

@@ -4,7 +4,7 @@ Loaded as a pytest plugin (``pytest_plugins = ["tiny_server"]`` in the test modu
 its session fixture is one server however many modules ask for it. conftest.py's ``comfy_server``
 serves the user's models folders; this one adds, through ``--extra-model-paths-config``:
 
-- ``checkpoints``: an SD1.x checkpoint that CheckpointLoaderSimple detects (tests/tiny_checkpoints.py),
+- ``checkpoints``: an SD1.x checkpoint that CheckpointLoaderSimple detects (testing/tiny_checkpoints.py),
 - ``vae``: a 16-channel TAESD-format VAE for VAELoader (the Flux workflow's VAE),
 - ``ld3``: first in the list, so LD3 Train Sigmas saves its schedules in the temporary folder,
 - ``custom_nodes``: tests/comfy_custom_nodes (test-only tiny-Flux MODEL and text nodes).

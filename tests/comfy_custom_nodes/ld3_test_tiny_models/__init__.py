@@ -1,4 +1,4 @@
-"""Test-only ComfyUI nodes: the tiny Flux of tests/tiny_models.py as a MODEL, and seeded text conditioning.
+"""Test-only ComfyUI nodes: the tiny Flux of testing/tiny_models.py as a MODEL, and seeded text conditioning.
 
 A Flux that ComfyUI's UNETLoader detects needs the full width (detection hard-codes 24 heads and
 3072 channels) and DualCLIPLoader needs a full T5-XXL: neither fits a CPU test. The Flux pipeline
@@ -12,7 +12,7 @@ import sys
 import zlib
 from pathlib import Path
 
-_TINY_MODELS = Path(__file__).resolve().parents[2] / "tiny_models.py"
+_TINY_MODELS = Path(__file__).resolve().parents[3] / "testing" / "tiny_models.py"
 _spec = importlib.util.spec_from_file_location("ld3_tests_tiny_models", _TINY_MODELS)
 tiny_models = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = tiny_models
@@ -20,7 +20,7 @@ _spec.loader.exec_module(tiny_models)
 
 
 class LD3TestTinyFluxModel:
-    """tests/tiny_models.build_tiny_flux as a MODEL (Flux-dev layout, guidance embedding, fp32)."""
+    """testing/tiny_models.build_tiny_flux as a MODEL (Flux-dev layout, guidance embedding, fp32)."""
 
     CATEGORY = "LD3 tests"
     RETURN_TYPES = ("MODEL",)
