@@ -59,6 +59,13 @@ def data_seed(tooltip: str) -> io.Int.Input:
     )
 
 
+def refuse_if_incompatible() -> None:
+    """Nodes that sample, train or patch a MODEL refuse, with the line logged at load, on a ComfyUI that
+    lacks an internal the pack relies on (they stay listed, so a saved workflow still opens)."""
+    if _INCOMPATIBLE:
+        raise RuntimeError(_INCOMPATIBLE)
+
+
 def report_output(*outputs, report: str) -> io.NodeOutput:
     """A node's outputs ending with its report: shown on the node itself (the frontend's node text), and as
     the STRING output and ui text in Markdown paragraphs (what PreviewAny renders and /history keeps)."""
@@ -80,10 +87,15 @@ def _show_on_executing_node(text: str) -> bool:
     return True
 
 
+# The line logged at load when this ComfyUI lacks an internal the pack relies on (None: nothing lacks).
+_INCOMPATIBLE: str | None = None
+
+
 def register_pack() -> None:
     """Register the ``ld3`` KSampler scheduler and the ``ld3`` / ``lpips`` model folders (idempotent); log
-    one line if this ComfyUI lacks an internal the pack relies on."""
-    check_at_load()
+    one line if this ComfyUI lacks an internal the pack relies on (then ``refuse_if_incompatible``)."""
+    global _INCOMPATIBLE
+    _INCOMPATIBLE = check_at_load()
     set_node_text_sink(_show_on_executing_node)
     register_ld3_scheduler()
     for name in (SCHEDULE_FOLDER, LPIPS_FOLDER):

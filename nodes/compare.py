@@ -5,7 +5,7 @@ from comfy_api.latest import io
 
 from ..ld3_core.comfyui.solvers import SUPPORTED_SAMPLERS
 from ..ld3_core.compare import compare_schedules
-from ._common import NodeProgress, Teacher, TeacherBundle
+from ._common import NodeProgress, Teacher, TeacherBundle, refuse_if_incompatible
 
 SIGMAS_INPUTS = ("sigmas", "sigmas_2", "sigmas_3", "sigmas_4")
 
@@ -68,6 +68,7 @@ class LD3CompareSigmas(io.ComfyNode):
         sigmas_3=None,
         sigmas_4=None,
     ) -> io.NodeOutput:
+        refuse_if_incompatible()
         given = dict(zip(SIGMAS_INPUTS, (sigmas, sigmas_2, sigmas_3, sigmas_4)))
         image, report = compare_schedules(
             model, teacher.data, teacher.conditionings, sampler_name, given, include_builtin, NodeProgress(1)

@@ -3,7 +3,7 @@
 from comfy_api.latest import io
 
 from ..ld3_core.comfyui.mixture_model import demo_model
-from ._common import data_seed
+from ._common import data_seed, refuse_if_incompatible
 
 # Latent channels per kind: SD1.x has 4, Flux 16 (so a flux demo has the latent shape Flux has).
 DEMO_CHANNELS = {"eps": 4, "flow": 4, "flux": 16}
@@ -56,4 +56,5 @@ class LD3DemoModel(io.ComfyNode):
 
     @classmethod
     def execute(cls, kind: str, width: int, height: int, seed: int) -> io.NodeOutput:
+        refuse_if_incompatible()
         return io.NodeOutput(*demo_model(kind, (DEMO_CHANNELS[kind], height, width), seed))

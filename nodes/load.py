@@ -7,7 +7,13 @@ from comfy_api.latest import io
 
 from ..ld3_core.api import load_for_model
 from ..ld3_core.comfyui.solvers import SUPPORTED_SAMPLERS
-from ._common import SCHEDULE_FOLDER, file_choice_error, report_output, validation_answer
+from ._common import (
+    SCHEDULE_FOLDER,
+    file_choice_error,
+    refuse_if_incompatible,
+    report_output,
+    validation_answer,
+)
 
 ANY_SAMPLER = "any"
 
@@ -96,6 +102,7 @@ class LD3LoadSigmas(io.ComfyNode):
     def execute(
         cls, model, schedule_file: str, sampler_name: str = ANY_SAMPLER, steps: int = 0, denoise: float = 1.0
     ) -> io.NodeOutput:
+        refuse_if_incompatible()
         path = folder_paths.get_full_path(SCHEDULE_FOLDER, schedule_file)
         if path is None:  # gone since the prompt was queued (the listing may not know yet)
             raise _missing_schedule(schedule_file, gone=True)

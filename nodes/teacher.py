@@ -11,6 +11,7 @@ from ._common import (
     TeacherBundle,
     data_seed,
     file_choice_error,
+    refuse_if_incompatible,
     report_output,
     teacher_dir,
     teacher_files,
@@ -153,6 +154,7 @@ class LD3GenerateTeacher(io.ComfyNode):
         positive_3=None,
         positive_4=None,
     ) -> io.NodeOutput:
+        refuse_if_incompatible()
         made = generate_teacher_file(
             model,
             _prompts(positive, positive_2, positive_3, positive_4),

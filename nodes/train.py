@@ -18,6 +18,7 @@ from ._common import (
     data_seed,
     link_type_error,
     lpips_weights_path,
+    refuse_if_incompatible,
     report_output,
     schedule_dir,
     versions,
@@ -209,6 +210,7 @@ class LD3TrainSigmas(io.ComfyNode):
         vae=None,
         recipe: str = "ld3",
     ) -> io.NodeOutput:
+        refuse_if_incompatible()
         config = TrainConfig.for_recipe(
             recipe,
             steps,

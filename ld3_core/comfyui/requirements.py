@@ -3,8 +3,8 @@
 Each entry is a dotted path (module, then attributes) with what uses it. All are present in ComfyUI 0.3.75
 (run here) and in the 0.38.1 sources (read). Newer-only features (Dynamic VRAM's
 ``get_non_dynamic_delegate``, ``comfy.model_management.in_training``) are feature-detected where they
-are used and are not listed. If one is missing, the pack logs one line naming it and the ComfyUI version;
-the nodes that need it then fail when they reach it.
+are used and are not listed. If one is missing, the pack logs one line naming it and the ComfyUI version,
+and the nodes that sample, train or patch a MODEL refuse with that line (nodes/_common.refuse_if_incompatible).
 """
 
 from __future__ import annotations
