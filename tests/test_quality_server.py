@@ -86,7 +86,15 @@ def test_default_widgets_beat_the_best_builtin_on_held_out_noises(comfy_server, 
     name = f"test_quality_{kind}"
     # A schedule saved under this name by an earlier run would be kept if better (only a better one
     # replaces it): start without it, so what is measured is this run's training.
-    (SCHEDULE_DIR / f"{name}.safetensors").unlink(missing_ok=True)
+    saved = SCHEDULE_DIR / f"{name}.safetensors"
+    saved.unlink(missing_ok=True)
+    try:
+        _train_and_compare(comfy_server, kind, name)
+    finally:  # the dev ComfyUI's models/ld3 keeps only what its user put there
+        saved.unlink(missing_ok=True)
+
+
+def _train_and_compare(comfy_server, kind: str, name: str) -> None:
     graph = default_training_graph(kind, name)
     info = comfy_server.object_info()
     _fill_defaults(graph, info)
