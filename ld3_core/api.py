@@ -29,7 +29,14 @@ from .losses import L2Loss, make_loss
 from .plot import training_plots
 from .resample import resample_log_linear
 from .schedule import Schedule
-from .schedule_file import ScheduleRecord, ScheduleSaver, atomic_write, load_schedule, validate_schedule_name
+from .schedule_file import (
+    SUFFIX,
+    ScheduleRecord,
+    ScheduleSaver,
+    atomic_write,
+    load_schedule,
+    validate_schedule_name,
+)
 from .teacher import TeacherData
 from .teacher_check import generate_checked_teacher, self_error_warning, teacher_error_warning, teacher_report
 from .teacher_file import check_prompts, next_numbered_path, parse_teacher_bytes, teacher_file_bytes
@@ -467,14 +474,13 @@ def heldout_errors(
 
 @dataclass
 class GeneratedTeacher:
-    """What LD3 Generate Teacher outputs: the checked teacher data, its prompts, where it was saved, the
-    report and (when the teacher's own error is too large) the warning."""
+    """What LD3 Generate Teacher outputs: the checked teacher data, its prompts, where it was saved and the
+    report (which carries the "use more teacher steps" warning when the teacher's own error is too large)."""
 
     data: TeacherData
     conditionings: tuple[Conditioning, ...]
     path: Path
     report: str
-    warning: str | None
 
 
 def generate_teacher_file(
@@ -496,7 +502,7 @@ def generate_teacher_file(
 ) -> GeneratedTeacher:
     """LD3 Generate Teacher: inputs checked before any sampling, the teacher and its self-check solved
     (``progress(done, total)`` in sample-steps), saved as ``<directory>/<name>_<counter>.safetensors``."""
-    validate_schedule_name(name, "name", "the LD3 teacher folder (output/ld3)")
+    stem = validate_schedule_name(name, "name", "the LD3 teacher folder (output/ld3)")[: -len(SUFFIX)]
     conditionings = tuple(Conditioning(p, negative, cfg) for p in positives)
     data = generate_checked_teacher(
         model_patcher,
@@ -510,13 +516,12 @@ def generate_teacher_file(
         batch_size,
         progress,
     )
-    stem = name[: -len(".safetensors")] if name.lower().endswith(".safetensors") else name
     path = next_numbered_path(directory, stem)
     atomic_write(path, teacher_file_bytes(data, dict(versions)))
     logging.info("LD3: teacher data (%d samples) saved to %s", count, path)
-    return GeneratedTeacher(
-        data, conditionings, path, teacher_report(data.info), self_error_warning(data.info)
-    )
+    if warning := self_error_warning(data.info):
+        logging.warning("LD3: %s", warning)
+    return GeneratedTeacher(data, conditionings, path, teacher_report(data.info))
 
 
 def load_teacher_file(

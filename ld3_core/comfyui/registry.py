@@ -51,11 +51,9 @@ def has_scheduler(name: str) -> bool:
 
 def schedule_sigmas(model_patcher, scheduler: str, steps: int, sampler: str) -> torch.Tensor:
     """The sigmas ComfyUI's KSampler would use (it drops the penultimate sigma for a few samplers)."""
-    if scheduler not in comfy.samplers.SCHEDULER_HANDLERS:
+    if not has_scheduler(scheduler):
         raise LD3InputError(
-            "scheduler",
-            f"unknown scheduler '{scheduler}'",
-            f"Choose one of: {', '.join(comfy.samplers.SCHEDULER_NAMES)}",
+            "scheduler", f"unknown scheduler '{scheduler}'", f"Choose one of: {', '.join(scheduler_names())}"
         )
     ks = comfy.samplers.KSampler(
         model_patcher, steps, torch.device("cpu"), sampler=sampler, scheduler=scheduler
@@ -71,7 +69,7 @@ def is_flow(model_sampling) -> bool:
 def builtin_schedules(model_patcher, steps: int, sampler: str) -> dict[str, torch.Tensor]:
     """Every scheduler ComfyUI registers (as KSampler computes it), skipping ones that fail or repeat."""
     schedules = {}
-    for name in list(comfy.samplers.SCHEDULER_NAMES):
+    for name in scheduler_names():
         if name == LEARNED_SCHEDULER:
             continue
         try:
