@@ -499,10 +499,21 @@ def generate_teacher_file(
     directory: str | os.PathLike,
     versions: Mapping[str, str],
     progress: Callable[[int, int], None] | None = None,
+    student_steps: Mapping[str, int] | None = None,
 ) -> GeneratedTeacher:
     """LD3 Generate Teacher: inputs checked before any sampling, the teacher and its self-check solved
-    (``progress(done, total)`` in sample-steps), saved as ``<directory>/<name>_<counter>.safetensors``."""
+    (``progress(done, total)`` in sample-steps), saved as ``<directory>/<name>_<counter>.safetensors``.
+    ``student_steps``: the step counts the queued LD3 Train Sigmas nodes will learn from it (by node id);
+    each must be fewer than the teacher's."""
     stem = validate_schedule_name(name, "name", "the LD3 teacher folder (output/ld3)")[: -len(SUFFIX)]
+    for node_id, student in sorted((student_steps or {}).items(), key=lambda item: -item[1]):
+        if student >= steps:
+            raise LD3InputError(
+                "steps",
+                f"LD3 Train Sigmas (node {node_id}) learns a {student}-step schedule from this teacher, which "
+                f"takes {steps} steps: the teacher must take more steps than its student",
+                f"Set steps here above {student} (20 or more is typical), or fewer steps in LD3 Train Sigmas",
+            )
     conditionings = tuple(Conditioning(p, negative, cfg) for p in positives)
     data = generate_checked_teacher(
         model_patcher,

@@ -194,6 +194,21 @@ def link_type_error(node_class, input_types: dict | None) -> LD3InputError | Non
     return None
 
 
+def student_steps(prompt: dict | None, node_id: str | None) -> dict[str, int]:
+    """The ``steps`` widget of each LD3 Train Sigmas node that the queued prompt (ComfyUI's hidden
+    PROMPT) feeds from output 0 of node ``node_id``: known to LD3 Generate Teacher before it samples, while
+    ComfyUI's queue-time validation shows a node no other node's widgets. A linked ``steps`` is skipped."""
+    found = {}
+    for other_id, node in (prompt or {}).items():
+        if not isinstance(node, dict) or node.get("class_type") != "LD3TrainSigmas":
+            continue
+        inputs = node.get("inputs") or {}
+        link, steps = inputs.get("teacher"), inputs.get("steps")
+        if isinstance(link, list) and [str(x) for x in link] == [str(node_id), "0"] and type(steps) is int:
+            found[str(other_id)] = steps
+    return found
+
+
 def validation_answer(error: LD3InputError | None) -> bool | str:
     """What a node's validate_inputs returns: True, or the message ComfyUI shows under the input's name."""
     return True if error is None else f"{error.problem}. {error.fix}"

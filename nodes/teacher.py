@@ -13,6 +13,7 @@ from ._common import (
     file_choice_error,
     refuse_if_incompatible,
     report_output,
+    student_steps,
     teacher_dir,
     teacher_files,
     validation_answer,
@@ -126,6 +127,9 @@ class LD3GenerateTeacher(io.ComfyNode):
                     "canvas; it is also in the console.",
                 ),
             ],
+            # The queued graph: the student step counts of the LD3 Train Sigmas nodes this teacher feeds,
+            # checked before sampling (validate_inputs sees no other node's widgets).
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
         )
 
     @classmethod
@@ -171,6 +175,7 @@ class LD3GenerateTeacher(io.ComfyNode):
             teacher_dir(),
             versions(),
             progress=NodeProgress(1),
+            student_steps=student_steps(cls.hidden.prompt, cls.hidden.unique_id),
         )
         return report_output(TeacherBundle(made.data, made.conditionings), report=made.report)
 

@@ -175,7 +175,7 @@ class LD3TrainSigmas(io.ComfyNode):
         cls, loss: str | None = None, schedule_name: str | None = None, input_types: dict | None = None
     ) -> bool | str:
         # Refused when the prompt is queued, before LD3 Generate Teacher samples for minutes: what the
-        # widgets and the links' types tell. (The teacher's step count is known only once it has run.)
+        # widgets and the links' types tell. (LD3 Generate Teacher checks this node's steps against its own.)
         # Taking input_types turns off ComfyUI's link type check for this node: link_type_error does it.
         error = link_type_error(cls, input_types)
         if error is None and loss == "lpips" and "vae" not in (input_types or {}):

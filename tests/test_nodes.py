@@ -294,6 +294,16 @@ def test_saved_teacher_loads_and_trains_again(comfy_server, schedule_names):
         assert error_of(entry)["exception_message"].startswith(
             "teacher: the teacher data was made with model"
         )
+        # A loaded teacher's step count is known only to LD3 Train Sigmas: refused there, before training.
+        graph = demo_nodes()
+        graph["teacher"] = load_teacher
+        graph["train"] = train_node(schedule_names("teacher_steps"), steps=8)
+        graph["show"] = {"class_type": "PreviewAny", "inputs": {"source": ["train", 0]}}
+        _, entry = queue(comfy_server, graph)
+        assert error_of(entry)["node_id"] == "train"
+        assert error_of(entry)["exception_message"].startswith(
+            "steps: the student's 8 steps are not fewer than the teacher's 8 steps"
+        )
     finally:
         for path in saved:
             path.unlink(missing_ok=True)
@@ -482,12 +492,34 @@ def test_train_refuses_bad_inputs_with_named_errors(comfy_server, schedule_names
         assert error["node_id"] == "train"
         return error["exception_message"]
 
-    message = run(steps=4)
-    assert message.startswith("steps:") and "4 steps" in message  # student 4 vs teacher 4
     message = run(model=["other", 0])
     assert message.startswith("teacher:") and "the MODEL input is" in message
     # A bad schedule_name and lpips without a VAE are refused when queued (the test below).
     assert not list(SCHEDULE_DIR.glob(f"{name}*")), "a refused training wrote a file"
+
+
+@pytest.mark.server
+def test_a_teacher_with_no_more_steps_than_its_student_is_refused_before_it_samples(
+    comfy_server, schedule_names
+):
+    """LD3 Generate Teacher reads the step count of the LD3 Train Sigmas it feeds from the queued graph
+    and refuses before sampling (ComfyUI's queue-time validation shows no node another node's widgets)."""
+    teacher_name = f"test_nodes_steps_{uuid.uuid4().hex[:8]}"
+    graph = demo_nodes()
+    graph["teacher"] = teacher_node(steps=4, name=teacher_name)
+    graph["train"] = train_node(schedule_names("steps"), steps=5)
+    graph["train_2"] = {**graph["train"], "inputs": {**graph["train"]["inputs"], "steps": 3}}
+    graph["show"] = {"class_type": "PreviewAny", "inputs": {"source": ["train", 0]}}
+    graph["show_2"] = {"class_type": "PreviewAny", "inputs": {"source": ["train_2", 0]}}
+    _, entry = queue(comfy_server, graph)
+    error = error_of(entry)
+    assert error["node_id"] == "teacher", error
+    assert error["exception_message"].strip() == (
+        "steps: LD3 Train Sigmas (node train) learns a 5-step schedule from this teacher, which takes 4 "
+        "steps: the teacher must take more steps than its student. Set steps here above 5 (20 or more is "
+        "typical), or fewer steps in LD3 Train Sigmas"
+    )
+    assert not list((comfy_server.output_dir / "ld3").glob(f"{teacher_name}*")), "the teacher sampled"
 
 
 @pytest.mark.server
