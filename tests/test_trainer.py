@@ -325,7 +325,9 @@ def exact_reference(calls):
 
 def test_mining_asks_the_teacher_for_fresh_noises_and_weighs_them_as_their_share_of_the_pool():
     calls = []
-    config = TrainConfig.preset("ld3", 3, mining_pool=4.0, mining_pairs=0.25, mining_epochs=4)
+    config = TrainConfig.preset(
+        "ld3", 3, mining_rounds=2, mining_pool=4.0, mining_pairs=0.25, mining_epochs=4
+    )
     result = run(config, reference=exact_reference(calls))
     noise = problem()[0]
     asked = torch.cat(calls)
