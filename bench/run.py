@@ -90,8 +90,8 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--keep-other-models",
         action="store_true",
-        help="with --models: keep the other models' quality rows of the last run (bench/out/quality_rows.json); "
-        "BENCHMARKS.md names them and the date of that run",
+        help="with --models: keep the other models' results of the last run (bench/results/quality.json, "
+        "as committed); BENCHMARKS.md names them and the date each was measured",
     )
     args = parser.parse_args(argv)
     if args.keep_other_models and not args.models:
@@ -104,14 +104,17 @@ def main(argv=None) -> int:
     if args.rows and not rows_file.is_file():
         parser.error(f"--rows: there is no {rows_file}")
     reused = f" (quality cells reused from {rows_file.name} of {_mtime(rows_file)})" if args.rows else ""
-    kept = []
-    if args.keep_other_models and rows_file.is_file():
-        kept = [r for r in json.loads(rows_file.read_text()) if r["model"] not in args.models]
-        if kept:
-            reused += (
-                f" (the rows of {', '.join(sorted({r['model'] for r in kept}))} are those of the run of "
-                f"{_mtime(rows_file)}, with the code of that time)"
-            )
+    # --keep-other-models: the other models' records (per cell, over seeds) and the date each model was
+    # measured, from the committed results, so that one model can be measured again in a fresh clone.
+    kept, measured = [], {}
+    if args.keep_other_models:
+        last_run = json.loads((env.RESULTS_DIR / "run.json").read_text())
+        old_records = json.loads((env.RESULTS_DIR / "quality.json").read_text())
+        kept = [r for r in old_records if r["model"] not in args.models]
+        measured = {
+            model: last_run.get("measured", {}).get(model, last_run["date"])
+            for model in sorted({r["model"] for r in kept})
+        }
     if not args.rows:  # the held-out sets stay for --rows: the oracle scores on them
         shutil.rmtree(env.BENCH_DIR / "out" / "cache", ignore_errors=True)
     # This run's CPU results replace the last ones (gpu*.json and its notes come from bench/gpu.py).
@@ -154,7 +157,7 @@ def main(argv=None) -> int:
                     flush=True,
                 )
         (env.BENCH_DIR / "out").mkdir(exist_ok=True)
-        rows_file.write_text(json.dumps(rows + kept, indent=1))
+        rows_file.write_text(json.dumps(rows, indent=1))
         cells = {(r["model"], r["sampler"], r["nfe"]) for r in rows if r["kind"] == "learned"}
         cells &= set(quality.oracle_cells(args.oracle_models or used))
         known = json.loads(ORACLE_FILE.read_text()) if ORACLE_FILE.is_file() else []
@@ -166,7 +169,9 @@ def main(argv=None) -> int:
             oracle.run(cells, pool, rows, ORACLE_FILE, log=lambda msg: print(msg, flush=True))
             print(f"oracle: done at {time.perf_counter() - started:.0f} s", flush=True)
 
-    records = quality.aggregate(rows + kept)
+    records = sorted(
+        quality.aggregate(rows) + kept, key=lambda r: (r["model"], r["sampler"], r["nfe"], r["method"])
+    )
     (env.RESULTS_DIR / "quality.json").write_text(json.dumps(records, indent=1))
     if cost is not None:
         (env.RESULTS_DIR / "cost.json").write_text(json.dumps(cost, indent=1))
@@ -175,8 +180,19 @@ def main(argv=None) -> int:
     import torch
 
     comfyui_version = (env.COMFYUI_DIR / "comfyui_version.py").read_text().split('"')[1]
+    today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    if kept:
+        by_date: dict[str, list[str]] = {}
+        for model, date in measured.items():
+            by_date.setdefault(date, []).append(model)
+        reused += "".join(
+            f" (the results of {', '.join(models)} are those of the run of {date}, with the code of that time)"
+            for date, models in sorted(by_date.items())
+        )
+    measured.update({name: today for name in used})
     run_info = {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": today,
+        "measured": dict(sorted(measured.items())),
         "wall_s": time.perf_counter() - started,
         "workers": args.workers,
         "cpus": os.cpu_count(),
