@@ -120,15 +120,13 @@ def _mining_teacher(bm, info: dict, steps) -> dict:
 
 
 def summarise(rows: list[dict], labels: list[str]) -> str:
-    from bench.oracle import share
+    from bench.oracle import searched_optimum, share
 
     oracle_path = env.RESULTS_DIR / "oracle.json"
     optima = {}
     if oracle_path.is_file():
-        # The all-three freedom contains the step sigmas alone: the better of the two searches is the optimum
-        # (as bench/report_quality.py takes it).
         optima = {
-            (r["model"], r["sampler"], r["nfe"]): min(r["full_ratio"], r["steps_only_ratio"])
+            (r["model"], r["sampler"], r["nfe"]): searched_optimum(r)
             for r in json.loads(oracle_path.read_text())
         }
     cells: dict[tuple, dict[str, list[float]]] = {}

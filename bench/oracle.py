@@ -173,6 +173,12 @@ def oracle_cell(
     return row
 
 
+def searched_optimum(row: dict) -> float:
+    """A cell's optimum ratio from its oracle row: the all-three freedom contains the step sigmas alone, so
+    the better of the two searches."""
+    return min(row["full_ratio"], row["steps_only_ratio"])
+
+
 def share(learned_ratio: float, optimum_ratio: float) -> float:
     """The share of the achievable gain a learned schedule captures (1 = all of it)."""
     gain = 1.0 - optimum_ratio
