@@ -37,7 +37,7 @@ from .schedule_file import (
     load_schedule,
     validate_schedule_name,
 )
-from .teacher import TeacherData
+from .teacher import TeacherData, noise_keys
 from .teacher_check import generate_checked_teacher, self_error_warning, teacher_error_warning, teacher_report
 from .teacher_file import check_prompts, next_numbered_path, parse_teacher_bytes, teacher_file_bytes
 from .trainer import Loss, Progress, TrainConfig, TrainResult, train_schedule
@@ -147,7 +147,7 @@ def learn_schedule(
         )
     if warning := _teacher_warning(teacher, result, loss, run_student, config):
         logging.warning("LD3: %s", warning)
-        result.notes.append(warning)
+        result.warnings.append(warning)
     if note := exact_ratio_note(teacher.info, result, loss):
         result.notes.append(note)
     return result
@@ -205,6 +205,7 @@ def train_sigmas(
         loss_name,
         config.recipe,
         versions,
+        noise_keys(teacher.noise),
     )
     result = learn_schedule(
         model_patcher,
@@ -222,7 +223,7 @@ def train_sigmas(
     output = result.output_schedule
     return TrainedSigmas(
         sigmas=output.step_sigmas.clone(),
-        model=model_patch.patch_model(model_patcher, output, sampler),
+        model=model_patch.patch_model(model_patcher, output, sampler, saver.teacher_noises),
         plot=training_plots(result, candidates, loss_name, decoupled=config.freedom != "steps"),
         report=result.report(sampler, steps, f"models/ld3/{os.path.basename(path)}"),
         result=result,
@@ -269,12 +270,19 @@ def exact_ratio_note(teacher_info: dict, result: TrainResult, loss: Loss) -> str
     if not b > 0:
         return None
     low = max(learned - e, 0.0) / (b + e)
-    high = (learned + e) / (b - e) if b > e else math.inf
-    high_text = f"{high:.2f}x" if math.isfinite(high) else "no bound (the teacher is no better than it)"
-    return (
+    offset = (
         f"Against the model's exact solution (the teacher is itself off by RMSE {e:.3g}, {e / b:.0%} of the "
-        f"best built-in's error to it), the learned schedule's error is {low:.2f}x to {high_text} the "
-        "best built-in's on these samples."
+        f"best built-in's error to it), "
+    )
+    if b > e:
+        return offset + (
+            f"the learned schedule's error is {low:.2f}x to {(learned + e) / (b - e):.2f}x the best "
+            "built-in's on these samples."
+        )
+    return offset + (
+        f"these samples cannot tell whether the learned schedule is better: its error is at least {low:.2f}x "
+        "the best built-in's, with no upper bound, because the teacher is as far from that solution as the "
+        "best built-in is from the teacher."
     )
 
 
@@ -417,7 +425,9 @@ def load_for_model(
             logging.warning("LD3: %s", line)
     # The MODEL keeps the schedule as trained (its per-step sigmas map any sigma), as the 'ld3' KSampler
     # scheduler expects.
-    patched = model_patch.patch_model(model_patcher, record.schedule, record.sampler)
+    patched = model_patch.patch_model(
+        model_patcher, record.schedule, record.sampler, record.train.get("teacher_noises", ())
+    )
     return LoadedSchedule(sigmas, patched, "\n".join(lines))
 
 

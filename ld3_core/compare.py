@@ -11,7 +11,7 @@ from .comfyui.adapter import Conditioning
 from .comfyui.model_patch import learned_schedule
 from .plot import stack_images, strip_plot, table_image
 from .schedule import Schedule
-from .teacher import TeacherData
+from .teacher import TeacherData, noise_keys
 
 REPORT_COLUMNS = ("schedule", "steps", "rmse_mean", "rmse_sd", "vs_best_builtin")
 PLOT_WIDTH = 1000  # pixels: the table and the plot are stacked at one width
@@ -32,14 +32,14 @@ def compare_schedules(
     report. ``progress(done, total)`` is called before and after each schedule (Cancel between them)."""
     check_teacher(teacher, model_patcher, "LD3 Compare Sigmas")
     carried = learned_schedule(model_patcher)
-    schedules = {}
+    schedules, scores_carried = {}, False
     for name, value in sigmas.items():
         if value is None:
             continue
         value = value.detach().float().cpu()
         schedule = Schedule.plain(value)
         if carried is not None and _same(value, carried["schedule"].step_sigmas):
-            schedule = carried["schedule"]
+            schedule, scores_carried = carried["schedule"], True
             name = f"{name}(ld3)"
         schedules[name] = schedule
     steps = next(iter(schedules.values())).steps
@@ -58,10 +58,28 @@ def compare_schedules(
     rows = report_rows(errors, {k: v.steps for k, v in schedules.items()}, builtin_names)
     samples = len(teacher.validation_indices)
     report = format_report(rows, sampler, samples)
+    seen = seen_count(teacher, carried["trained_on"]) if scores_carried else 0
     title = f"Held-out RMSE to the teacher ({sampler}, {samples} samples)"
+    if seen:
+        report += "\n\n" + seen_note(seen, samples)
+        title += f"; {seen} seen in training: optimistic"
     table = table_image([list(REPORT_COLUMNS)] + rows, title, highlight_rows=[1], min_width=PLOT_WIDTH)
     plot = _per_sample_plot(errors, builtin_names, width=int(table.shape[2]))
     return stack_images([table, plot]), report
+
+
+def seen_count(teacher: TeacherData, trained_on) -> int:
+    """How many of the compared (validation) noises the MODEL's schedule was trained or chosen on."""
+    return sum(key in trained_on for key in noise_keys(teacher.noise[teacher.validation_indices]))
+
+
+def seen_note(seen: int, samples: int) -> str:
+    return (
+        f"Note: {seen} of these {samples} samples are noises the MODEL's schedule was trained or chosen "
+        "on, so on them it looks better than it will on new noises. For a fair comparison, connect a "
+        "teacher generated with seeds the training teacher did not use (LD3 Generate Teacher's sample i "
+        "uses seed + i: start at least sample_count above the training teacher's seed)."
+    )
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:

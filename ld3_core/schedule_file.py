@@ -37,7 +37,8 @@ _INPUT = "schedule_file"
 _FIX = "Choose a schedule file saved by the LD3 training node, or train a new one"
 _TOP_KEYS = ("format", "format_version", "sampler", "steps", "cfg", "latent_shape", "model", "loss", "train")
 _METADATA_KEYS = frozenset(_TOP_KEYS + ("versions",))
-_TRAIN_OPTIONAL = frozenset(("recipe", "verdict", "mined_pairs"))  # written since format version 2
+# written since format version 2 (teacher_noises: since 2026-12-04, noise_keys of the teacher's samples)
+_TRAIN_OPTIONAL = frozenset(("recipe", "verdict", "mined_pairs", "teacher_noises"))
 _TRAIN_KEYS = frozenset(
     (
         "validation_curve",
@@ -401,6 +402,9 @@ def _check_train(train: object) -> dict:
         raise _Invalid(f"'train.mined_pairs' must be a non-negative integer, got {train['mined_pairs']!r}")
     if "recipe" in train and not isinstance(train["recipe"], str):
         raise _Invalid("'train.recipe' must be a string")
+    keys = train.get("teacher_noises", [])
+    if not isinstance(keys, list) or not all(isinstance(k, str) and len(k) <= 64 for k in keys):
+        raise _Invalid("'train.teacher_noises' must be a list of short strings")
     verdict = train.get("verdict", {})
     if not isinstance(verdict, dict) or not all(
         isinstance(v, (str, bool, type(None))) or _is_finite_number(v) for v in verdict.values()
@@ -432,8 +436,10 @@ class ScheduleSaver:
         loss: str,
         recipe: str,
         versions: dict,
+        teacher_noises: list[str] | None = None,
     ):
         self.path = path
+        self.teacher_noises = list(teacher_noises or [])
         self.identity = identity
         self.cfg = cfg
         self.latent_shape = tuple(latent_shape)
@@ -455,6 +461,7 @@ class ScheduleSaver:
             "mined_pairs": int(result.mined_pairs),
             "status": "completed" if result.completed else "interrupted",
             "recipe": self.recipe,
+            "teacher_noises": self.teacher_noises,
         }
         if result.verdict is not None:
             train["verdict"] = result.verdict.as_dict()

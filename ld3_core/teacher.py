@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -71,6 +72,17 @@ class TeacherData:
     @property
     def validation_indices(self) -> list[int]:
         return [i for i in range(len(self.noise)) if bool(self.is_validation[i])]
+
+
+def noise_keys(noise: torch.Tensor) -> list[str]:
+    """A short key per start noise (a hash of its float32 values): which noises two teachers share.
+
+    LD3 Generate Teacher's sample i uses the noise of seed + i, so a teacher made with a nearby seed
+    repeats most of another's noises; a schedule scored on noises it was trained or chosen on looks
+    better than it will on new ones (LD3 Compare Sigmas says so).
+    """
+    flat = noise.detach().to("cpu", torch.float32).contiguous().flatten(1)
+    return [hashlib.sha1(row.numpy().tobytes()).hexdigest()[:16] for row in flat]
 
 
 def start_noise(shape: Sequence[int], seed: int, count: int) -> torch.Tensor:

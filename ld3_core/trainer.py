@@ -207,7 +207,9 @@ class TrainResult:
     completed: bool = False
     stopped_early: bool = False
     verdict: Verdict | None = None  # learned vs the best built-in, once training has ended
-    notes: list[str] = field(default_factory=list)  # warnings for the user (e.g. about the teacher)
+    # For the user: warnings (shown right under the verdict: they qualify it) and notes (after it).
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     # The schedule already saved under the run's name (same sampler and steps), scored on the same
     # validation samples: only a better one replaces it.
     incumbent: Schedule | None = None
@@ -233,10 +235,12 @@ class TrainResult:
         return self._choice()[0]
 
     def report(self, sampler: str, steps: int, saved_as: str | None = None) -> str:
-        """What the user reads: the verdict, what the SIGMAS output alone gives, notes, where it was saved."""
+        """What the user reads: the verdict, warnings, what the SIGMAS output alone gives, notes, where it was saved."""
         lines = []
         if self.verdict is not None:
             lines.append(self.verdict.summary(sampler, steps))
+        lines += [f"WARNING: {text}" for text in self.warnings]
+        if self.verdict is not None:
             only = self.verdict.steps_only_ratio
             if self.verdict.use_learned and only is not None and not self.schedule.is_plain:
                 lines.append(

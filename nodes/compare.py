@@ -31,7 +31,10 @@ class LD3CompareSigmas(io.ComfyNode):
                     "model", tooltip="The teacher's model; may be the MODEL output of LD3 Train/Load Sigmas."
                 ),
                 Teacher.Input(
-                    "teacher", tooltip="Teacher data from LD3 Generate Teacher (its held-out half)."
+                    "teacher",
+                    tooltip="Teacher data from LD3 Generate Teacher (its validation half is scored). Use a teacher of "
+                    "other noises than the training teacher's (another seed range): on noises the schedule was "
+                    "trained or chosen on it looks better, and the report says how many there are.",
                 ),
                 io.Combo.Input(
                     "sampler_name",

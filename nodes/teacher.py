@@ -70,7 +70,10 @@ class LD3GenerateTeacher(io.ComfyNode):
                     tooltip="How many teacher samples; half train, half validate (paper: 50 train + 50 "
                     "validation, Stable Diffusion 25 + 25).",
                 ),
-                data_seed("Start noise of sample i uses seed + i."),
+                data_seed(
+                    "Start noise of sample i uses seed + i: a teacher for LD3 Compare Sigmas that shares no "
+                    "noise with the training teacher starts at least sample_count above its seed."
+                ),
                 io.Float.Input(
                     "cfg",
                     default=7.0,

@@ -231,6 +231,9 @@ def test_pipeline_trains_saves_compares_and_samples(comfy_server, schedule_names
     assert "sigmas(ld3)" in names and "karras" in names, report
     learned = rows[names.index("sigmas(ld3)")]
     assert float(learned["rmse_mean"]) >= 0 and learned["steps"] == str(STEPS)
+    # Compared on the validation samples of the teacher it was trained on: the report says so.
+    assert "Note: 2 of these 2 samples are noises the MODEL's schedule was trained or chosen on" in report
+    assert len(record.train["teacher_noises"]) == 4
 
     teacher_files = sorted((comfy_server.output_dir / "ld3").glob("test_nodes_teacher_*.safetensors"))
     assert teacher_files, "the teacher data was not saved"
@@ -680,6 +683,7 @@ def test_report_rows_and_text_round_trip():
     assert rows[0][4] == "0.333" and rows[1][4] == "1.000" and rows[2][3] == "0.00000"
     text = compare.format_report(rows, SAMPLER, 2)
     parsed = load_script_module("demo").parse_report(text)
+    assert load_script_module("demo").parse_report(text + "\n\n" + compare.seen_note(1, 2)) == parsed
     assert parsed[0] == {
         "schedule": "sigmas(ld3)",
         "steps": "4",

@@ -21,6 +21,7 @@ from ld3_core.comfyui.solvers import is_stochastic
 from ld3_core.errors import LD3InputError
 from ld3_core.losses import make_loss
 from ld3_core.mixture import make_clustered_mixture, make_mixture
+from ld3_core.schedule import Schedule
 from ld3_core.teacher import (
     AUTO,
     DIFFUSION_REFERENCE_SCHEDULER,
@@ -345,10 +346,42 @@ def test_training_repeats_the_teacher_warning_with_the_students_own_numbers():
     config = TrainConfig.preset("ld3", 2, epochs_phase2=1, mining_rounds=0)
     result = learn_schedule(model, teacher, [cond], "euler", config, make_loss("l2"))
     warning = teacher_error_warning(teacher.info, result.initial_validation_loss, 2)
-    assert warning and result.notes == [warning]
+    assert warning and result.warnings == [warning]
     assert "best built-in schedule's error at 2 steps" in warning
-    assert warning in result.report("euler", 2)
+    # Right under the verdict line it qualifies.
+    assert result.report("euler", 2).splitlines()[1] == f"WARNING: {warning}"
     # A good teacher adds nothing.
     good = generate_checked_teacher(model, [cond], SMALL, count=8, seed=0, steps=20)
     quiet = learn_schedule(model, good, [cond], "euler", config, make_loss("l2"))
-    assert quiet.notes == []
+    assert quiet.warnings == []
+
+
+def test_compare_says_when_it_scores_a_schedule_on_noises_it_was_trained_on():
+    """Sample i of a teacher uses seed + i: a teacher one seed later repeats nearly all of its noises."""
+    from ld3_core.compare import compare_schedules
+    from ld3_core.teacher import noise_keys
+
+    model, cond = mixture_model("eps")
+    teacher = generate_teacher(
+        model, [cond], SMALL, 8, seed=0, sampler="dpmpp_2m", scheduler="karras", steps=8
+    )
+    schedule = builtin_schedules(model, 3, "euler")["karras"]
+    plain = Schedule.plain(schedule)
+    trained = patch_model(model, plain, "euler", noise_keys(teacher.noise))
+
+    _, report = compare_schedules(trained, teacher, [cond], "euler", {"sigmas": schedule}, False)
+    assert "Note: 4 of these 4 samples are noises the MODEL's schedule was trained or chosen on" in report
+    # Seed 1: its validation samples (1, 3, 5, 7 -> seeds 2, 4, 6, 8) are seed 0's noises 2, 4, 6.
+    nearby = generate_teacher(
+        model, [cond], SMALL, 8, seed=1, sampler="dpmpp_2m", scheduler="karras", steps=8
+    )
+    _, report = compare_schedules(trained, nearby, [cond], "euler", {"sigmas": schedule}, False)
+    assert "Note: 3 of these 4 samples" in report
+    # Seeds beyond seed + sample_count: nothing shared, no note; nor for a MODEL trained on nothing known.
+    fresh = generate_teacher(model, [cond], SMALL, 8, seed=8, sampler="dpmpp_2m", scheduler="karras", steps=8)
+    _, report = compare_schedules(trained, fresh, [cond], "euler", {"sigmas": schedule}, False)
+    assert "Note:" not in report
+    _, report = compare_schedules(
+        patch_model(model, plain, "euler"), teacher, [cond], "euler", {"sigmas": schedule}, False
+    )
+    assert "Note:" not in report

@@ -311,6 +311,10 @@ def test_the_exact_ratio_note_brackets_the_verdict_by_the_teachers_error():
     assert f"{max(learned - e, 0) / (b + e):.2f}x to {(learned + e) / (b - e):.2f}x" in note
     assert "10% of the best built-in's error" in note
     assert exact_ratio_note({}, result, L2Loss()) is None  # a teacher without a self-check
+    # A teacher as far off as the best built-in: no upper bound, and the note says what that means.
+    far = exact_ratio_note({"self_error": {"rmse": b}}, result, L2Loss())
+    assert f"at least {max(learned - b, 0) / (2 * b):.2f}x the best built-in's, with no upper bound" in far
+    assert "cannot tell whether the learned schedule is better" in far
 
 
 def exact_reference(calls):

@@ -24,6 +24,7 @@ are plain attributes too.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache, partial
 
 import torch
@@ -107,8 +108,16 @@ def ld3_model_sampling(base, knots=None, schedule: dict | None = None):
     return patched
 
 
-def patch_model(model_patcher, schedule: Schedule | None = None, sampler: str | None = None):
+def patch_model(
+    model_patcher,
+    schedule: Schedule | None = None,
+    sampler: str | None = None,
+    trained_on: Sequence[str] = (),
+):
     """Clone a ModelPatcher with the LD3 model_sampling patch (and a learned schedule, if given).
+
+    ``trained_on``: the ``noise_keys`` of the teacher samples the schedule was trained and chosen on,
+    carried with it so LD3 Compare Sigmas can tell when it is scored on them.
 
     A MODEL that carries a schedule chosen for a sampler (learned, or the built-in the verdict handed
     back) also checks, each time it is sampled, that the sampler is that one (``check_sampler_wrapper``);
@@ -126,7 +135,12 @@ def patch_model(model_patcher, schedule: Schedule | None = None, sampler: str | 
     if schedule is not None:
         schedule = schedule.detach()
         knots = schedule.knots()
-        carried = {"schedule": schedule, "sampler": sampler, "steps": schedule.steps}
+        carried = {
+            "schedule": schedule,
+            "sampler": sampler,
+            "steps": schedule.steps,
+            "trained_on": frozenset(trained_on),
+        }
     patched.add_object_patch("model_sampling", ld3_model_sampling(base, knots, carried))
     if schedule is not None and sampler:
         check = partial(check_sampler_wrapper, sampler, schedule.steps)
@@ -177,6 +191,7 @@ def check_sampler_wrapper(trained: str, steps: int, executor, *args, **kwargs):
 
 
 def learned_schedule(model_patcher) -> dict | None:
-    """The learned schedule an LD3-patched MODEL carries ({"schedule", "sampler", "steps"}), or None."""
+    """The learned schedule an LD3-patched MODEL carries ({"schedule", "sampler", "steps", "trained_on"}),
+    or None."""
     model_sampling = model_patcher.get_model_object("model_sampling")
     return getattr(model_sampling, "ld3_schedule", None)
