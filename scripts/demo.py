@@ -21,8 +21,14 @@ NFES = (4, 6, 8)
 SAMPLER = "dpmpp_2m"
 
 
+HELDOUT_SEED = 100_000  # LD3 Generate Teacher's sample i uses seed + i: far from the training teacher's
+HELDOUT_SAMPLES = 100  # its validation half (50 noises) is what Compare Sigmas scores
+HELDOUT_STEPS = 40
+
+
 def demo_graph(nfes=NFES, samples: int = 50, teacher_steps: int = 20, prefix: str = "ld3_demo") -> dict:
-    """API-format graph: demo model -> teacher -> one LD3 Train Sigmas + Compare Sigmas per NFE."""
+    """API-format graph: demo model -> teacher -> one LD3 Train Sigmas per NFE, and LD3 Compare Sigmas on
+    a second teacher of other noises (so the comparison is on noises the training never saw)."""
     graph = {
         "model": {
             "class_type": "LD3DemoModel",
@@ -46,6 +52,11 @@ def demo_graph(nfes=NFES, samples: int = 50, teacher_steps: int = 20, prefix: st
             },
         },
     }
+    heldout = json.loads(json.dumps(graph["teacher"]))
+    heldout["inputs"].update(
+        sample_count=HELDOUT_SAMPLES, seed=HELDOUT_SEED, steps=HELDOUT_STEPS, name=f"{prefix}_heldout"
+    )
+    graph["heldout"] = heldout
     for nfe in nfes:
         graph[f"train{nfe}"] = {
             "class_type": "LD3TrainSigmas",
@@ -63,7 +74,7 @@ def demo_graph(nfes=NFES, samples: int = 50, teacher_steps: int = 20, prefix: st
             "class_type": "LD3CompareSigmas",
             "inputs": {
                 "model": [f"train{nfe}", 1],
-                "teacher": ["teacher", 0],
+                "teacher": ["heldout", 0],
                 "sampler_name": SAMPLER,
                 "sigmas": [f"train{nfe}", 0],
                 "include_builtin": True,
@@ -78,12 +89,14 @@ def demo_graph(nfes=NFES, samples: int = 50, teacher_steps: int = 20, prefix: st
             "inputs": {"images": [f"compare{nfe}", 0], "filename_prefix": f"ld3/{prefix}_compare_nfe{nfe}"},
         }
         graph[f"report{nfe}"] = {"class_type": "PreviewAny", "inputs": {"source": [f"compare{nfe}", 1]}}
+        graph[f"verdict{nfe}"] = {"class_type": "PreviewAny", "inputs": {"source": [f"train{nfe}", 3]}}
     return graph
 
 
 def parse_report(text: str) -> list[dict]:
     """Rows of LD3 Compare Sigmas' text report as dicts (schedule, steps, rmse_mean, rmse_sd, vs_best_builtin)."""
-    lines = [line for line in text.strip().splitlines()[1:] if line.strip() and not line.startswith("```")]
+    table = text.split("```")[1]  # the report's table is its one code block; notes may follow it
+    lines = [line for line in table.splitlines() if line.strip()]
     header = lines[0].split()
     return [dict(zip(header, line.split())) for line in lines[1:]]
 
@@ -142,10 +155,14 @@ def run(url: str, output_dir: Path, timeout: float) -> int:
     outputs = entry["outputs"]
     summaries = []
     for nfe in NFES:
+        verdict = outputs[f"verdict{nfe}"]["text"][0].split("\n\n")
         text = outputs[f"report{nfe}"]["text"][0]
-        print(f"--- NFE {nfe} ---\n{text}\n")
+        print(f"--- NFE {nfe} ---\nLD3 Train Sigmas: {verdict[0]}\n{verdict[-1]}\n\n{text}\n")
         summaries.append(summary_line(nfe, parse_report(text)))
-    print("Held-out error against the teacher (30-step dpmpp_2m), lower is better:")
+    print(
+        f"Error on {HELDOUT_SAMPLES // 2} noises the training never saw, against a {HELDOUT_STEPS}-step "
+        "uni_pc solve of each, lower is better:"
+    )
     for line in summaries:
         print(f"  {line}")
     print("\nSchedules (in ComfyUI's models/ld3/, for LD3 Load Sigmas):")
