@@ -607,7 +607,8 @@ def demo() -> Workflow:
             "every error you see is the sampler's own ODE error. The teacher runs uni_pc at 20 steps and "
             "reports its own error; LD3 Train Sigmas learns a 6-step dpmpp_2m schedule (l2 loss: there "
             "is no VAE) and gives its verdict; LD3 Compare Sigmas then measures it against every built-in "
-            "scheduler on held-out samples (report: lower RMSE is better).",
+            "scheduler on noises the training never saw: a second teacher (seed 100000, 40 steps; sample i "
+            "uses seed + i) whose 50 validation samples it scores (report: lower RMSE is better).",
         ),
         Node("model", "LD3DemoModel", {"kind": "eps", "width": 16, "height": 16, "seed": 0}),
         Node(
@@ -623,6 +624,22 @@ def demo() -> Workflow:
                 "batch_size": 8,
                 "name": "ld3_demo_teacher",
             },
+            grow=NODE_TEXT,
+        ),
+        Node(
+            "heldout",
+            "LD3GenerateTeacher",
+            {
+                "sample_count": 100,
+                "seed": 100_000,
+                "cfg": 1.0,
+                "sampler_name": "uni_pc",
+                "scheduler": "auto",
+                "steps": 40,
+                "batch_size": 8,
+                "name": "ld3_demo_heldout",
+            },
+            title="Held-out teacher (other noises, for Compare)",
             grow=NODE_TEXT,
         ),
         Node(
@@ -657,8 +674,12 @@ def demo() -> Workflow:
         ("teacher", "teacher", "train", "teacher"),
         ("train", "plot", "plot", "images"),
         ("train", "report", "verdict", "source"),
+        ("model", "model", "heldout", "model"),
+        ("model", "positive", "heldout", "positive"),
+        ("model", "negative", "heldout", "negative"),
+        ("model", "latent", "heldout", "latent"),
         ("train", "model", "compare", "model"),
-        ("teacher", "teacher", "compare", "teacher"),
+        ("heldout", "teacher", "compare", "teacher"),
         ("train", "sigmas", "compare", "sigmas"),
         ("compare", "image", "save_compare", "images"),
         ("compare", "report", "report", "source"),
@@ -668,7 +689,7 @@ def demo() -> Workflow:
         ["note", "model"],
         ["teacher", "teacher_report"],
         ["train", "verdict"],
-        ["compare", "report"],
+        ["heldout", "compare", "report"],
     ]
     outputs = Band([["plot"], ["save_compare"]], under="teacher")
     return Workflow("ld3_demo", nodes, links, columns, bands=[outputs])

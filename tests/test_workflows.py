@@ -208,13 +208,16 @@ def test_demo_workflow_runs(tiny_models_server):
     )
     entry = tiny.run(graph, timeout=300)
     assert output_images(entry, one_node(graph, "SaveImage"), tiny.server.output_dir)
-    compare, train, teacher = (
-        one_node(graph, t) for t in ("LD3CompareSigmas", "LD3TrainSigmas", "LD3GenerateTeacher")
-    )
+    compare, train = (one_node(graph, t) for t in ("LD3CompareSigmas", "LD3TrainSigmas"))
+    teacher, heldout = graph[train]["inputs"]["teacher"][0], graph[compare]["inputs"]["teacher"][0]
+    # Compare scores a second teacher whose noises the training never saw (sample i uses seed + i).
+    seeds = [graph[n]["inputs"]["seed"] for n in (teacher, heldout)]
+    assert heldout != teacher and seeds[1] >= seeds[0] + graph[teacher]["inputs"]["sample_count"], seeds
     previews = {graph[n]["inputs"]["source"][0]: n for n in node_ids(graph, "PreviewAny")}
     assert set(previews) == {compare, train, teacher}  # every report is on the canvas
     report = "\n".join(entry["outputs"][previews[compare]]["text"])
     assert "karras" in report, report  # the built-in schedulers are compared with the learned one
+    assert "Note:" not in report, report  # no noise of the training teacher among those scored
     verdict = "\n".join(entry["outputs"][previews[train]]["text"])
     assert verdict.startswith("LD3 dpmpp_2m 3 steps: ") and "built-in" in verdict, verdict
     assert "LD3 teacher: uni_pc" in "\n".join(entry["outputs"][previews[teacher]]["text"])
