@@ -361,6 +361,32 @@ def test_mining_picks_the_noises_where_the_learned_schedule_and_the_start_part_m
     assert torch.allclose(asked, norms[:4])
 
 
+@pytest.mark.parametrize("against, steps", [("builtin", 3), ("finer", 6)])
+def test_mining_measures_the_learned_schedule_against_the_start_or_the_start_at_twice_the_steps(
+    against, steps
+):
+    seen = []
+
+    def student(noise, prompt, schedule):
+        if len(noise) == 32:  # only the pool is solved 32 at a time (eval_batch_size)
+            seen.append(schedule.steps)
+        return euler_student(noise, prompt, schedule)
+
+    config = TrainConfig.preset(
+        "ld3",
+        3,
+        mining_rounds=1,
+        mining_pool=8.0,
+        mining_pairs=0.25,
+        eval_batch_size=32,
+        mining_against=against,
+    )
+    assert run(config, student=student, reference=exact_reference([])).mined_pairs == 4
+    assert sorted(set(seen)) == sorted({3, steps})  # the learned schedule, and what it is measured against
+    with pytest.raises(ValueError, match="mining_against"):
+        TrainConfig.preset("ld3", 3, mining_against="exact")
+
+
 def test_no_mining_without_a_teacher_to_ask_or_in_the_paper_recipe():
     assert run(TrainConfig.preset("ld3", 3)).mined_pairs == 0
     calls = []
