@@ -7,6 +7,7 @@ Usage: python scripts/demo.py --url http://127.0.0.1:8188 --output-dir <ComfyUI 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -52,7 +53,7 @@ def demo_graph(nfes=NFES, samples: int = 50, teacher_steps: int = 20, prefix: st
             },
         },
     }
-    heldout = json.loads(json.dumps(graph["teacher"]))
+    heldout = copy.deepcopy(graph["teacher"])
     heldout["inputs"].update(
         sample_count=HELDOUT_SAMPLES, seed=HELDOUT_SEED, steps=HELDOUT_STEPS, name=f"{prefix}_heldout"
     )
