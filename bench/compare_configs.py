@@ -119,10 +119,10 @@ def _mining_teacher(bm, info: dict, steps) -> dict:
     return {**info, "steps": int(steps)}
 
 
-def summarise(rows: list[dict], labels: list[str]) -> str:
+def summarise(rows: list[dict], labels: list[str], oracle_path: Path | None = None) -> str:
     from bench.oracle import searched_optimum, share
 
-    oracle_path = env.RESULTS_DIR / "oracle.json"
+    oracle_path = oracle_path or env.RESULTS_DIR / "oracle.json"
     optima = {}
     if oracle_path.is_file():
         optima = {
@@ -191,6 +191,12 @@ def main(argv=None) -> int:
     parser.add_argument("--heldout", type=int, help="held-out noises per model (default: the suite's)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, help="write the per-seed rows as JSON")
+    parser.add_argument(
+        "--oracle",
+        type=Path,
+        help="the optima for the shares (default bench/results/oracle.json; with --heldout, an oracle.py "
+        "--heldout run on the same noises)",
+    )
     args = parser.parse_args(argv)
 
     settings = {}
@@ -205,11 +211,21 @@ def main(argv=None) -> int:
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(args.workers, initializer=_init, initargs=(sizes,)) as pool:
         pool.map(_prepare, quality.data_jobs(args.models, args.seeds), chunksize=1)
-        jobs = [(m, s, args.samplers, args.nfe, settings) for m in args.models for s in args.seeds]
-        rows = [row for rows in pool.map(_run, jobs, chunksize=1) for row in rows]
-    if args.out:
-        args.out.write_text(json.dumps(rows, indent=1))
-    print(summarise(rows, list(settings)))
+        # One job per (model, seed, sampler, NFE): many workers stay busy.
+        jobs = [
+            (m, s, [x], [n], settings)
+            for m in args.models
+            for s in args.seeds
+            for x in args.samplers
+            for n in args.nfe
+        ]
+        jobs.sort(key=lambda job: -job[3][0])  # the longest (most steps) first
+        rows = []
+        for job_rows in pool.imap_unordered(_run, jobs, chunksize=1):
+            rows += job_rows
+            if args.out:  # after every job: a run cut short keeps what it measured
+                args.out.write_text(json.dumps(rows, indent=1))
+    print(summarise(rows, list(settings), args.oracle))
     print(f"{time.perf_counter() - started:.0f} s")
     return 0
 

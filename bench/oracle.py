@@ -19,6 +19,8 @@ teacher error), but, like every method, never sees the noises it is scored on. C
     .venv/bin/python bench/oracle.py     # every exact-mixture cell -> bench/results/oracle.json
     .venv/bin/python bench/oracle.py --models mix-eps-4x16x16 --samplers euler --nfe 4
     .venv/bin/python bench/oracle.py --transfer-only   # only the transfer optimum, into the known rows
+    .venv/bin/python bench/oracle.py --heldout 2048 --no-transfer --out bench/out/oracle2048.json \
+        --models mix-eps-4x16x16 --samplers uni_pc --nfe 6   # the optimum on 4x the noises
 
 (``bench/run.py --oracle`` runs it after the quality cells, with their learned schedules as starts.)
 """
@@ -209,7 +211,8 @@ def _cell_job(job) -> dict:
     from bench import models, quality
 
     quality.quiet()
-    name, sampler, nfe, starts, known, parts = job
+    name, sampler, nfe, starts, known, parts, sizes = job
+    quality.override_budget(**sizes)
     bm = quality._model(name)
     held = quality._data(name, None)
     other = quality._data(name, "other")
@@ -229,12 +232,20 @@ def _cell_job(job) -> dict:
 
 
 def run(
-    cells, pool, learned_rows=(), out: Path | None = None, log=print, transfer_only=False, transfer=True
+    cells,
+    pool,
+    learned_rows=(),
+    out: Path | None = None,
+    log=print,
+    transfer_only=False,
+    transfer=True,
+    sizes: dict | None = None,
 ) -> list[dict]:
     """Compute the oracle for (model, sampler, nfe) cells in ``pool``; merge into ``out`` as they finish.
 
     ``transfer_only``: keep the in-sample optima ``out`` has and add the transfer optimum to them;
-    ``transfer=False``: the in-sample optima only (half the time)."""
+    ``transfer=False``: the in-sample optima only (half the time); ``sizes``: other data sizes
+    (``quality.override_budget``)."""
     parts = ("in-sample", "transfer") if transfer else ("in-sample",)
     out = out or env.RESULTS_DIR / "oracle.json"
     rows = json.loads(out.read_text()) if out.is_file() else []
@@ -242,7 +253,7 @@ def run(
     known = {(r["model"], r["sampler"], r["nfe"]): r for r in rows if transfer_only}
     rows = [r for r in rows if (r["model"], r["sampler"], r["nfe"]) not in cells]
     jobs = [
-        (*cell, learned_starts(list(learned_rows), *cell), known.get(cell), parts)
+        (*cell, learned_starts(list(learned_rows), *cell), known.get(cell), parts, sizes or {})
         for cell in sorted(cells, key=lambda c: -c[2])
     ]
     log(f"oracle: {len(jobs)} cells")
@@ -270,6 +281,12 @@ def main(argv=None) -> int:
         help="keep the in-sample optima the output file has; add the optimum fitted on the other noises",
     )
     parser.add_argument(
+        "--heldout",
+        type=int,
+        help="held-out (and other) noises per model (default: the suite's 512); with --out elsewhere, to see "
+        "how much of the in-sample optimum is fitted to its noises",
+    )
+    parser.add_argument(
         "--no-transfer",
         action="store_true",
         help="the in-sample optima only (not the one fitted on other noises)",
@@ -291,6 +308,7 @@ def main(argv=None) -> int:
             Path(args.out),
             transfer_only=args.transfer_only,
             transfer=not args.no_transfer,
+            sizes={"heldout": args.heldout} if args.heldout else {},
         )
     return 0
 
