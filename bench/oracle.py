@@ -206,6 +206,20 @@ def learned_starts(rows: list[dict], name: str, sampler: str, nfe: int) -> list:
     return [Schedule(*(torch.tensor(t) for t in best["schedule"]))]
 
 
+def _optima_as_starts(path: Path) -> dict:
+    """Per cell, the all-three-sigmas optimum of an oracle file as a starting schedule."""
+    import torch
+
+    from ld3_core.schedule import Schedule
+
+    starts = {}
+    for row in json.loads(path.read_text()):
+        cell = (row["model"], row["sampler"], row["nfe"])
+        if row.get("full_schedule"):
+            starts[cell] = [Schedule(*(torch.tensor(t) for t in row["full_schedule"]))]
+    return starts
+
+
 def _cell_job(job) -> dict:
     env.bootstrap(threads=1)
     from bench import models, quality
@@ -240,12 +254,13 @@ def run(
     transfer_only=False,
     transfer=True,
     sizes: dict | None = None,
+    extra_starts: dict | None = None,
 ) -> list[dict]:
     """Compute the oracle for (model, sampler, nfe) cells in ``pool``; merge into ``out`` as they finish.
 
     ``transfer_only``: keep the in-sample optima ``out`` has and add the transfer optimum to them;
     ``transfer=False``: the in-sample optima only (half the time); ``sizes``: other data sizes
-    (``quality.override_budget``)."""
+    (``quality.override_budget``); ``extra_starts``: more starting schedules per cell."""
     parts = ("in-sample", "transfer") if transfer else ("in-sample",)
     out = out or env.RESULTS_DIR / "oracle.json"
     rows = json.loads(out.read_text()) if out.is_file() else []
@@ -253,7 +268,13 @@ def run(
     known = {(r["model"], r["sampler"], r["nfe"]): r for r in rows if transfer_only}
     rows = [r for r in rows if (r["model"], r["sampler"], r["nfe"]) not in cells]
     jobs = [
-        (*cell, learned_starts(list(learned_rows), *cell), known.get(cell), parts, sizes or {})
+        (
+            *cell,
+            learned_starts(list(learned_rows), *cell) + (extra_starts or {}).get(cell, []),
+            known.get(cell),
+            parts,
+            sizes or {},
+        )
         for cell in sorted(cells, key=lambda c: -c[2])
     ]
     log(f"oracle: {len(jobs)} cells")
@@ -287,6 +308,11 @@ def main(argv=None) -> int:
         "how much of the in-sample optimum is fitted to its noises",
     )
     parser.add_argument(
+        "--starts",
+        type=Path,
+        help="an oracle JSON (e.g. the 512-noise bench/results/oracle.json) whose optima join the starts",
+    )
+    parser.add_argument(
         "--no-transfer",
         action="store_true",
         help="the in-sample optima only (not the one fitted on other noises)",
@@ -309,6 +335,7 @@ def main(argv=None) -> int:
             transfer_only=args.transfer_only,
             transfer=not args.no_transfer,
             sizes={"heldout": args.heldout} if args.heldout else {},
+            extra_starts=_optima_as_starts(args.starts) if args.starts else None,
         )
     return 0
 
