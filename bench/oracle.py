@@ -318,6 +318,10 @@ def main(argv=None) -> int:
         help="the in-sample optima only (not the one fitted on other noises)",
     )
     args = parser.parse_args(argv)
+    if args.heldout and Path(args.out).resolve() == (env.RESULTS_DIR / "oracle.json").resolve():
+        parser.error(
+            "--heldout: give --out another file; bench/results/oracle.json is the suite's (512 noises)"
+        )
     rows_path = env.BENCH_DIR / "out" / "quality_rows.json"
     learned = json.loads(rows_path.read_text()) if rows_path.is_file() else []
     cells = [(m, s, n) for m in args.models for s in args.samplers for n in args.nfe]
