@@ -107,10 +107,11 @@ class TrainConfig:
     mining_pairs: float = 0.6
     mining_epochs: int | None = None
     # What mining measures the learned schedule against on the pool: the start schedule ("builtin") or
-    # the start schedule resampled to twice the steps ("finer": closer to the teacher, twice the calls on
-    # the pool). Measured on the 16 weakest mixture cells x 3 seeds (bench/results/side_by_side.md):
-    # "finer" lifts the EPS cells but heun (the 8 EPS cells' mean share 80 % -> 84 %; uni_pc 6 39 % ->
-    # 63 %) and costs the Flux ones (92 % -> 83 %): not the default.
+    # the start schedule resampled to twice the steps ("finer", twice the calls on the pool; closer to
+    # the exact endpoint for dpmpp_2m and ipndm, not for uni_pc and heun). Measured on the 16 weakest
+    # mixture cells x 3 seeds (bench/results/side_by_side.md): "finer" lifts the EPS cells but heun (the
+    # 8 EPS cells' mean share 80 % -> 84 %; uni_pc 6 39 % -> 63 %) and costs the Flux ones (92 % -> 83 %):
+    # not the default. Picking by the teacher's own error on the pool did no better (same file).
     mining_against: str = "builtin"
     rmsprop_momentum: float = 0.9
     grad_clip: float = 1.0
