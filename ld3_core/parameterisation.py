@@ -94,6 +94,7 @@ class ScheduleParameters:
         step_sigmas = start.step_sigmas.detach().float()
         self.freedom = freedom
         self.pin_first = pin_first
+        self.first_offset = first_offset
         self.sigma_max = float(step_sigmas[0])
         low, high = sigma_range if sigma_range is not None else (float(step_sigmas[-2]), self.sigma_max)
         self.log_range = (math.log(low), math.log(high))
@@ -112,6 +113,17 @@ class ScheduleParameters:
                 model_offsets.zero_()
         self.model_offsets = model_offsets.clone().requires_grad_(True)
         self.scale_offsets = scale_offsets.clone().requires_grad_(freedom == "full")
+        self.project()
+
+    @torch.no_grad()
+    def tell_the_step_sigmas(self) -> None:
+        """What the network is told back to the step sigmas (m = u = s; under ``full`` the first step
+        nudged by ``first_offset`` unless pinned), inside the model's range: the start of training every
+        sigma after the step sigmas alone."""
+        self.model_offsets.zero_()
+        self.scale_offsets.zero_()
+        if self.freedom == "full" and not self.pin_first:
+            self.model_offsets[0] = self.scale_offsets[0] = self.first_offset
         self.project()
 
     def offset_parameters(self) -> list[torch.Tensor]:

@@ -95,7 +95,8 @@ class LD3TrainSigmas(io.ComfyNode):
                         default=0,
                         min=0,
                         max=100,
-                        tooltip="recipe 'custom' only. Epochs training the step sigmas only (paper: 2).",
+                        tooltip="recipe 'custom' only. Epochs training the step sigmas only (paper: 2); phase 2 "
+                        "starts from their best when they stop improving.",
                     )
                 ),
                 advanced(

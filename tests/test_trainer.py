@@ -169,6 +169,22 @@ def test_training_stops_when_validation_stops_improving():
     assert min(curve[-3:]) >= min(curve)  # the last three did not beat the best
 
 
+def test_a_plateau_of_the_step_sigmas_alone_ends_phase_1_and_phase_2_trains_from_its_best():
+    # Phase 1 is long enough to plateau (and decay) many times over; the run must still go on to phase 2
+    # at the recipe's learning rates and land where phase 2 alone does on the Gaussian.
+    config = TrainConfig.preset("ld3", 3, epochs_phase1=300, stop_patience=4)
+    result = run(config)
+    learned = result.schedule
+    check_schedule(learned, 3)
+    assert not learned.is_plain
+    assert result.epochs_done > config.epochs_phase1  # the epochs after phase 1 count from its end
+    phase2_epochs = result.epochs_done - config.epochs_phase1
+    phase1_best = min(result.validation_curve[:-phase2_epochs])
+    # Phase 2 starts where phase 1 ended (the network told the step sigmas), and goes far below it.
+    assert result.validation_curve[-phase2_epochs] < 1.05 * phase1_best
+    assert result.best_validation_loss < 1e-3 * phase1_best
+
+
 def test_picks_the_best_candidate_to_start_from():
     good = sigmas_from_logits(torch.zeros(3), SIGMA_MAX)
     bad = torch.tensor([SIGMA_MAX, 14.0, 13.0, 0.0])
