@@ -505,7 +505,8 @@ def train_schedule(
 
     if config.epochs_phase1 and config.restore_best:
         # The step sigmas alone first, to their own plateau; then every sigma from the best of them, as a
-        # fresh run would start (phase 1's plateau must not stop phase 2, nor its decays slow it).
+        # fresh run would start (phase 1's plateau must not stop phase 2, nor its decays slow it). The
+        # paper's recipe, which never goes back to the best parameters, runs straight on (unchanged).
         run_epochs(0, config.epochs_phase1)
         state.begin_phase2()
         result.stopped_early = False  # a plateau of the step sigmas alone ends phase 1, not the run

@@ -95,8 +95,8 @@ class LD3TrainSigmas(io.ComfyNode):
                         default=0,
                         min=0,
                         max=100,
-                        tooltip="recipe 'custom' only. Epochs training the step sigmas only (paper: 2); phase 2 "
-                        "starts from their best when they stop improving.",
+                        tooltip="recipe 'custom' only. Epochs training the step sigmas only (paper: 2), fewer if "
+                        "they stop improving; phase 2 starts from their best.",
                     )
                 ),
                 advanced(

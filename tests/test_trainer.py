@@ -171,7 +171,7 @@ def test_training_stops_when_validation_stops_improving():
 
 def test_a_plateau_of_the_step_sigmas_alone_ends_phase_1_and_phase_2_trains_from_its_best():
     # Phase 1 is long enough to plateau (and decay) many times over; the run must still go on to phase 2
-    # at the recipe's learning rates and land where phase 2 alone does on the Gaussian.
+    # from where phase 1 ended, at the recipe's learning rates, and go far below it on the Gaussian.
     config = TrainConfig.preset("ld3", 3, epochs_phase1=300, stop_patience=4)
     result = run(config)
     learned = result.schedule
