@@ -61,6 +61,7 @@ def cells(records: list[dict], oracle: list[dict]) -> list[dict]:
                 else optimum["steps_only_ratio_other"]
             )
             row["full_from_learned"] = learned_best < searched
+            row["search"] = optimum.get("search")  # None: a row of the earlier search (first step free)
             if "transfer_ratio" in optimum:
                 # Every learned schedule is a method that never saw the held-out noises: where one did
                 # better than the search fitted on the other noises (a local search from one start), it
@@ -142,6 +143,12 @@ def tables(rows: list[dict]) -> list[str]:
         with_oracle = any("full" in r for r in members)
         with_transfer = any("transfer" in r for r in members)
         lines += [f"### {model}", ""]
+        if any("full" in r and not r["search"] for r in members):
+            lines += [
+                "Optima of the earlier search: all three sigmas searched with the first step free only (a",
+                f"stronger search can only lower them; `bench/oracle.py --models {model}` runs it again).",
+                "",
+            ]
         header = ["sampler", "NFE", "best built-in (RMSE)"]
         if with_oracle:
             header += ["optimum: step sigmas only", "optimum: all three (other noises)"]
@@ -240,8 +247,9 @@ NOTES = [
     "ratio = that error / the best built-in's (every ComfyUI scheduler plus AYS, GITS and OptimalSteps where",
     "they fit the model), lower is better. Optimum = the best schedule found by direct optimisation against",
     "the reference on the held-out noises themselves (bench/oracle.py: Adam then L-BFGS, full batch, from the",
-    "step-sigma optimum and from the best learned schedule): with the step sigmas only, and with all three",
-    "sigmas per step; in brackets the all-three optimum on 512 other noises it was not fitted to. * = a learned",
+    "step-sigma optimum and from the best learned schedule, for all three sigmas with the first step free and",
+    "pinned): with the step sigmas only, and with all three sigmas per step; in brackets the all-three optimum",
+    "on 512 other noises it was not fitted to. * = a learned",
     "schedule of this run was better on the held-out noises than the oracle's own search, and sets the optimum.",
     "share = (1 - ratio) / (1 - optimum ratio): the part of the achievable gain captured. 'Fitted on other",
     "noises': the same search for all three sigmas run on the 512 other noises with their exact endpoints and",
