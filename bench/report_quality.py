@@ -143,10 +143,11 @@ def tables(rows: list[dict]) -> list[str]:
         with_oracle = any("full" in r for r in members)
         with_transfer = any("transfer" in r for r in members)
         lines += [f"### {model}", ""]
-        if any("full" in r and not r["search"] for r in members):
+        earlier = [f"{r['sampler']} {r['nfe']}" for r in members if "full" in r and not r["search"]]
+        if earlier:
             lines += [
-                "Optima of the earlier search: all three sigmas searched with the first step free only (a",
-                f"stronger search can only lower them; `bench/oracle.py --models {model}` runs it again).",
+                f"Optima of the earlier search ({', '.join(earlier)}): all three sigmas searched with the first",
+                f"step free only (a stronger search can only lower them; `bench/oracle.py --models {model}`).",
                 "",
             ]
         header = ["sampler", "NFE", "best built-in (RMSE)"]
