@@ -139,6 +139,11 @@ def learn_schedule(
             incumbent=incumbent,
             reference=teacher_reference(model_patcher, teacher, conditionings),
         )
+    if len(result.starts) > 1:
+        result.notes.append(
+            f"Trained from the {len(result.starts)} best built-in schedules ({', '.join(result.starts)}), each to "
+            f"its own plateau; the best by validation started from {result.winning_start}."
+        )
     if result.mined_pairs:
         result.notes.append(
             f"The teacher also solved {result.mined_pairs} of {result.mining_pool} fresh noises, those where the "

@@ -38,7 +38,8 @@ _FIX = "Choose a schedule file saved by the LD3 training node, or train a new on
 _TOP_KEYS = ("format", "format_version", "sampler", "steps", "cfg", "latent_shape", "model", "loss", "train")
 _METADATA_KEYS = frozenset(_TOP_KEYS + ("versions",))
 # written since format version 2 (teacher_noises: since 2026-12-04, noise_keys of the teacher's samples)
-_TRAIN_OPTIONAL = frozenset(("recipe", "verdict", "mined_pairs", "teacher_noises"))
+# (starts: since 2026-12-05, the built-ins training started from)
+_TRAIN_OPTIONAL = frozenset(("recipe", "verdict", "mined_pairs", "teacher_noises", "starts"))
 _TRAIN_KEYS = frozenset(
     (
         "validation_curve",
@@ -402,9 +403,10 @@ def _check_train(train: object) -> dict:
         raise _Invalid(f"'train.mined_pairs' must be a non-negative integer, got {train['mined_pairs']!r}")
     if "recipe" in train and not isinstance(train["recipe"], str):
         raise _Invalid("'train.recipe' must be a string")
-    keys = train.get("teacher_noises", [])
-    if not isinstance(keys, list) or not all(isinstance(k, str) and len(k) <= 64 for k in keys):
-        raise _Invalid("'train.teacher_noises' must be a list of short strings")
+    for name in ("teacher_noises", "starts"):
+        keys = train.get(name, [])
+        if not isinstance(keys, list) or not all(isinstance(k, str) and len(k) <= 64 for k in keys):
+            raise _Invalid(f"'train.{name}' must be a list of short strings")
     verdict = train.get("verdict", {})
     if not isinstance(verdict, dict) or not all(
         isinstance(v, (str, bool, type(None))) or _is_finite_number(v) for v in verdict.values()
@@ -462,6 +464,7 @@ class ScheduleSaver:
             "status": "completed" if result.completed else "interrupted",
             "recipe": self.recipe,
             "teacher_noises": self.teacher_noises,
+            "starts": list(result.starts),
         }
         if result.verdict is not None:
             train["verdict"] = result.verdict.as_dict()

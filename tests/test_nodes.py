@@ -212,9 +212,11 @@ def test_pipeline_trains_saves_compares_and_samples(comfy_server, schedule_names
 
     record = load_schedule(SCHEDULE_DIR / f"{name}.safetensors")
     assert record.steps == STEPS and record.sampler == SAMPLER and record.loss == "l2"
-    # 1 + 1 epochs, then one more after each of the 3 rounds of hard-example mining (the teacher has 4
-    # samples: it solves 2 of 24 fresh noises per round).
-    assert record.train["status"] == "completed" and record.train["epochs_done"] == 2 + 3
+    # 1 + 1 epochs from each start (the best built-ins), then one more after each of the 3 rounds of
+    # hard-example mining (the teacher has 4 samples: it solves 2 of 24 fresh noises per round).
+    starts = record.train["starts"]
+    assert 1 <= len(starts) <= 3 and starts[0] == record.train["initial_scheduler"]
+    assert record.train["status"] == "completed" and record.train["epochs_done"] == 2 * len(starts) + 3
     assert record.train["mined_pairs"] == 6, record.train
     assert record.latent_shape == (4, 8, 8) and record.cfg == 1.0
     assert record.versions["comfyui_version"] == "0.3.75" and record.model["fingerprint"]

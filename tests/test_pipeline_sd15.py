@@ -75,8 +75,10 @@ def test_sd15_train_then_use_saved(tiny_models_server):
     assert record.cfg == 7.0
     assert record.latent_shape == (4, 8, 8)
     assert record.train["status"] == "completed"
-    # 1 epoch, then 1 after each of the 3 rounds of hard-example mining.
-    assert record.train["epochs_done"] == 1 + 3 and record.train["mined_pairs"] > 0
+    # 1 epoch from each start (the best built-ins), then 1 after each of the 3 rounds of mining.
+    starts = record.train["starts"]
+    assert 1 <= len(starts) <= 3 and starts[0] == record.train["initial_scheduler"]
+    assert record.train["epochs_done"] == len(starts) + 3 and record.train["mined_pairs"] > 0
 
     # A later session: LD3 Load Sigmas -> KSampler (scheduler ld3) reproduces the trained sampling.
     use = load_api("ld3_sd15_use_saved")

@@ -194,6 +194,52 @@ def test_picks_the_best_candidate_to_start_from():
     assert result.candidate_losses["bad"] > result.candidate_losses["good"]
 
 
+def first_sigma_student(noise, prompt, schedule):
+    """A student whose endpoint is exact only from sigma_max (a start that begins lower cannot get there)
+    with s_1 halfway: its miss is |1 - s_0 / sigma_max| + (s_1 / s_0 - 1/2)^2."""
+    s = schedule.step_sigmas
+    end = SIGMA_MAX * S / math.sqrt(S**2 + SIGMA_MAX**2)
+    return noise * (end + (SIGMA_MAX - s[0]).abs() / SIGMA_MAX + (s[1] / s[0] - 0.5) ** 2)
+
+
+def test_later_starts_train_too_and_the_best_run_by_validation_wins():
+    # "low" validates best as it is but begins below sigma_max (as ddim_uniform does): its run cannot
+    # reach the endpoint; the second-best built-in's run can.
+    candidates = {
+        "low": torch.tensor([0.95 * SIGMA_MAX, 0.475 * SIGMA_MAX, 0.0]),
+        "top": torch.tensor([SIGMA_MAX, 0.96 * SIGMA_MAX, 0.0]),
+        "top again": torch.tensor([SIGMA_MAX, 0.9601 * SIGMA_MAX, 0.0]),  # about "top": not a third start
+    }
+    results = {
+        starts: run(
+            TrainConfig.preset("ld3", 2, freedom="steps", starts=starts),
+            student=first_sigma_student,
+            candidates=candidates,
+        )
+        for starts in (1, 2, 3)
+    }
+    one, two, three = results[1], results[2], results[3]
+    assert one.initial_scheduler == two.initial_scheduler == "low"  # the verdict's built-in either way
+    assert not one.verdict.use_learned and float(one.output_schedule.step_sigmas[0]) < SIGMA_MAX
+    assert two.best_validation_loss < 1e-3 * one.best_validation_loss and two.verdict.use_learned
+    assert float(two.output_schedule.step_sigmas[0]) == pytest.approx(SIGMA_MAX)
+    assert two.epochs_done > one.epochs_done
+    assert (one.starts, one.winning_start) == (["low"], "low")
+    assert (two.starts, two.winning_start) == (["low", "top"], "top")
+    assert three.train_curve == two.train_curve  # near-identical built-ins are one start
+
+
+def test_the_first_start_trains_as_a_single_start_run_does():
+    single = run(TrainConfig.preset("ld3", 3, mining_rounds=0, epochs_phase2=6))
+    candidates = {**uniform_candidate(3), "worse": torch.tensor([SIGMA_MAX, 14.0, 13.0, 0.0])}
+    both = run(
+        TrainConfig.preset("ld3", 3, mining_rounds=0, epochs_phase2=6, starts=2), candidates=candidates
+    )
+    assert both.train_curve[: len(single.train_curve)] == single.train_curve
+    assert len(both.train_curve) > len(single.train_curve)
+    assert both.best_validation_loss <= single.best_validation_loss
+
+
 @pytest.mark.parametrize("recipe", ["ld3", "paper"])
 def test_same_seed_same_schedule_bitwise(recipe):
     config = TrainConfig.preset(recipe, 3, epochs_phase1=1, epochs_phase2=2, batch_size=2, seed=7)
