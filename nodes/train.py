@@ -36,8 +36,8 @@ class LD3TrainSigmas(io.ComfyNode):
             category="LD3",
             description=(
                 "Learns a few-step schedule for your model, sampler and step count (LD3, arXiv 2405.15506): "
-                "starts from the best built-in scheduler (ComfyUI's, plus AYS / GITS / OptimalSteps where they "
-                "fit the model) and learns, per step, the solver's sigma, the time the network is told and the "
+                "starts from the best built-in schedulers (ComfyUI's, plus AYS / GITS / OptimalSteps where they "
+                "fit the model; the three best on validation, each trained in turn) and learns, per step, the solver's sigma, the time the network is told and the "
                 "sigma its input and output are scaled with, so the student lands where the teacher does. Ends "
                 "with a verdict against the best built-in on the teacher's validation samples; if the learned "
                 "schedule is not significantly better, the outputs carry that built-in. The best schedule so "
@@ -146,8 +146,9 @@ class LD3TrainSigmas(io.ComfyNode):
                     "recipe",
                     options=list(RECIPES),
                     default="ld3",
-                    tooltip="ld3: every per-step sigma learned, Adam, stops when validation stops improving "
-                    "(the pack's default, measured best). paper: the LD3 paper's App. B.1 recipe (soft teacher "
+                    tooltip="ld3: every per-step sigma learned, Adam, from the three best built-ins in turn, each "
+                    "until validation stops improving, then more teacher samples where it errs (the pack's "
+                    "default, measured best). paper: the LD3 paper's App. B.1 recipe (soft teacher "
                     "forcing, 2 + 3 epochs, the network's time within half a step). custom: the ld3 recipe with "
                     "soft_gamma, epochs, lr_steps and batch_size taken from the widgets above.",
                 ),

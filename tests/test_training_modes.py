@@ -66,7 +66,7 @@ def train(setup, vae, loss_kind, recipe, decoupled, seed=0):
     model, cond, teacher = setup
     loss = make_loss(loss_kind, vae=vae, lpips_weights=str(LPIPS_WEIGHTS))
     config = TrainConfig.for_recipe(recipe, STEPS, decoupled, seed)
-    # Three epochs exactly: hard-example mining (more epochs and pairs) is tested in test_trainer,
+    # Three epochs exactly from each start (ld3: the 3 best built-ins): hard-example mining (more epochs and pairs) is tested in test_trainer,
     # test_latent_shapes and test_nodes.
     config = replace(
         config, epochs_phase1=1, epochs_phase2=2, stop_patience=None, batch_size=1, mining_rounds=0
@@ -82,7 +82,7 @@ def check_schedule(result, model):
     assert (step_sigmas[:-1] > step_sigmas[1:]).all()
     assert step_sigmas[-1].item() == 0.0
     assert step_sigmas[0].item() == pytest.approx(float(model.get_model_object("model_sampling").sigma_max))
-    assert result.completed and result.epochs_done == 3
+    assert result.completed and result.epochs_done == 3 * len(result.starts)
     assert all(math.isfinite(v) and v >= 0 for v in result.train_curve + result.validation_curve)
 
 
@@ -93,7 +93,8 @@ def test_training_mode_runs_end_to_end(setup, vae, student_calls, loss_kind, rec
     model, _, teacher = setup
     result = train(setup, vae, loss_kind, recipe, decoupled)
     check_schedule(result, model)
-    assert len(result.train_curve) == 3 * len(teacher.train_indices)
+    assert len(result.starts) == (3 if recipe == "ld3" else 1)
+    assert len(result.train_curve) == 3 * len(result.starts) * len(teacher.train_indices)
 
     trained = [call for call in student_calls if call[2]]
     assert trained, "no training step reached the student"
