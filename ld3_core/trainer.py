@@ -455,8 +455,11 @@ def train_schedule(
             torch.allclose(candidates[name].float(), candidates[o].float(), rtol=1e-2) for o in distinct
         ):
             distinct.append(name)
-    attempts = [attempt(name) for name in distinct[: config.starts]]
-    winner = attempts[0]  # the run whose best is the result's (the best built-in's until one beats it)
+    names = distinct[: config.starts]
+    # Built when its turn comes (each holds its own copy of the start noises): the first, then the others;
+    # one that loses is dropped.
+    first = attempt(names[0])
+    winner = first  # the run whose best is the result's (the best built-in's until one beats it)
 
     result = TrainResult(
         schedule=Schedule.plain(init_sigmas.clone()),
@@ -468,7 +471,7 @@ def train_schedule(
         validation_losses=candidate_values[init_name],
         initial_validation_losses=candidate_values[init_name],
         validation_weights=data.weights(),
-        starts=[run.name for run in attempts],
+        starts=list(names),
         winning_start=init_name,
     )
     if incumbent is not None:
@@ -484,7 +487,7 @@ def train_schedule(
     mining = reference is not None and config.mining_rounds > 0 and config.freedom != "steps"
     rounds = config.mining_rounds if mining else 0
     grown = math.ceil(len(train_idx) + rounds * config.mining_pairs * len(noise))
-    total = len(attempts) * config.epochs * per_epoch + rounds * config.epochs_per_mining_round * math.ceil(
+    total = len(names) * config.epochs * per_epoch + rounds * config.epochs_per_mining_round * math.ceil(
         grown / config.batch_size
     )
 
@@ -556,7 +559,8 @@ def train_schedule(
                 result.stopped_early = epoch + 1 < first_epoch + epochs
                 break
 
-    for run in attempts:
+    for index, name in enumerate(names):
+        run = first if index == 0 else attempt(name)
         before = result.epochs_done
         if config.epochs_phase1 and config.restore_best:
             # The step sigmas alone first, to their own plateau; then every sigma from the best of them, as
@@ -588,7 +592,7 @@ def train_schedule(
             result.validation_losses = validate(result.schedule)
         result.best_validation_loss = data.mean(result.validation_losses)
         if result.initial_validation_loss <= result.best_validation_loss:
-            winner = attempts[0]  # the run that started from the best built-in goes on from it
+            winner = first  # the run that started from the best built-in goes on from it
             result.winning_start = winner.name
             params, state = winner.params, winner.state
             result.schedule, state.best = result.initial_schedule, state.init_state
