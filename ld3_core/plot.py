@@ -355,10 +355,10 @@ def loss_plot(result, loss: str) -> torch.Tensor:
         hlines["LD3 best on validation"] = result.best_validation_loss
         emphasis["LD3 best on validation"] = "learned"
     values = [v for points in series.values() for _, v in points] + list(hlines.values())
-    starts = result.starts or [result.initial_scheduler]
-    title = f"LD3 training ({loss} loss; start: {starts[0]})"
-    if len(starts) > 1:  # one validation curve after another, one per start
-        title = f"LD3 training ({loss} loss; starts: {', '.join(starts)}; best from {result.winning_start})"
+    title = f"LD3 training ({loss} loss; start: {result.initial_scheduler})"
+    if len(result.starts) > 1:  # one validation curve after another, one per start
+        starts = ", ".join(result.starts)
+        title = f"LD3 training ({loss} loss; starts: {starts}; best from {result.winning_start})"
     log_y = all(v > 0 for v in values if math.isfinite(v))
     return line_plot(series, title, "iteration", f"{loss} loss", log_y, emphasis=emphasis, hlines=hlines)
 

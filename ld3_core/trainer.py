@@ -472,7 +472,6 @@ def train_schedule(
         initial_validation_losses=candidate_values[init_name],
         validation_weights=data.weights(),
         starts=list(names),
-        winning_start=init_name,
     )
     if incumbent is not None:
         if len(incumbent.step_sigmas) != n + 1:
@@ -542,7 +541,6 @@ def train_schedule(
                     result.schedule = schedule
                     result.validation_losses = values
                     winner = run
-                    result.winning_start = run.name
                     if on_best is not None:
                         on_best(result)
             else:
@@ -593,7 +591,6 @@ def train_schedule(
         result.best_validation_loss = data.mean(result.validation_losses)
         if result.initial_validation_loss <= result.best_validation_loss:
             winner = first  # the run that started from the best built-in goes on from it
-            result.winning_start = winner.name
             params, state = winner.params, winner.state
             result.schedule, state.best = result.initial_schedule, state.init_state
             result.best_validation_loss, result.validation_losses = (
@@ -603,6 +600,7 @@ def train_schedule(
         winner.best_loss = result.best_validation_loss
         state.restart()
         run_epochs(winner, result.epochs_done, config.epochs_per_mining_round)
+    result.winning_start = winner.name
 
     # The verdict, and what the step sigmas alone (a SIGMAS output used without the MODEL) would give.
     if result.schedule.is_plain:

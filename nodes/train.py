@@ -37,7 +37,8 @@ class LD3TrainSigmas(io.ComfyNode):
             description=(
                 "Learns a few-step schedule for your model, sampler and step count (LD3, arXiv 2405.15506): "
                 "starts from the best built-in schedulers (ComfyUI's, plus AYS / GITS / OptimalSteps where they "
-                "fit the model; the three best on validation, each trained in turn) and learns, per step, the solver's sigma, the time the network is told and the "
+                "fit the model; the three best on validation, each trained in turn) and learns, per step, the "
+                "solver's sigma, the time the network is told and the "
                 "sigma its input and output are scaled with, so the student lands where the teacher does. Ends "
                 "with a verdict against the best built-in on the teacher's validation samples; if the learned "
                 "schedule is not significantly better, the outputs carry that built-in. The best schedule so "

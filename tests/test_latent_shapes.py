@@ -120,7 +120,8 @@ def test_lpips_through_a_video_vae_compares_every_frame_and_trains():
     )
     config = TrainConfig(steps=3, epochs_phase1=1, epochs_phase2=1, batch_size=1, mining_rounds=2)
     result = api.learn_schedule(model, teacher, [cond], "euler", config, loss)
-    # 2 epochs of the 2 training samples from each start (the 3 best built-ins), then hard-example mining (LPIPS through the video VAE too):
+    # 2 epochs of the 2 training samples from each start (the 3 best built-ins), then hard-example
+    # mining (LPIPS through the video VAE too):
     # 2 rounds (of the default 3, to keep the test short), each adds 2 teacher pairs (60 % of the 4
     # samples, of 24 fresh noises) and trains 1 epoch: 4, then 6 samples.
     assert result.completed and result.mined_pairs == 4
