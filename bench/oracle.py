@@ -46,6 +46,9 @@ LBFGS_ITERATIONS = 30
 FIRST_OFFSET = -0.02
 # How the all-three search runs (recorded in each row: rows of an earlier search say nothing).
 SEARCH = "from each start with the first step free, and again with it pinned at sigma_max"
+# A row kept from two searches, this one and the earlier one (first step free only), whichever found the
+# lower error; "full_ratio_current_search" holds what this one alone found.
+SEARCH_BOTH = f"the better of two searches: {SEARCH}; and the earlier one (first step free only)"
 
 
 def _rmse(out, ref):
