@@ -149,15 +149,15 @@ def tables(rows: list[dict]) -> list[str]:
         if earlier:
             lines += [
                 f"Optima of the earlier search ({', '.join(earlier)}): all three sigmas searched with the first",
-                f"step free only (a stronger search can only lower them; `bench/oracle.py --models {model}`).",
+                f"step free only (the current search may find lower ones; `bench/oracle.py --models {model}`).",
                 "",
             ]
         both = [r for r in members if r.get("search") == SEARCH_BOTH]
         if both:
-            cells = ", ".join(f"{r['sampler']} {r['nfe']}" for r in both)
+            names = ", ".join(f"{r['sampler']} {r['nfe']}" for r in both)
             above = max(r["current_search_above"] for r in both)
             lines += [
-                f"Optima of {cells}: the lower of the search above and an earlier one (first step free only,",
+                f"Optima of {names}: the lower of the search above and an earlier one (first step free only,",
                 "the oracle's code of 2026-12-03, which may have had a learned start too); the search above alone",
                 f"ends at most {above:.3f} higher.",
                 "",
