@@ -319,6 +319,8 @@ def run_job(job: tuple[str, int, list[Cell]]) -> list[dict]:
                     "iterations": len(result.train_curve),
                     "epochs": result.epochs_done,
                     "initial_scheduler": result.initial_scheduler,
+                    "starts": result.starts,
+                    "winning_start": result.winning_start,  # the built-in whose run the schedule came from
                     "initial_validation_loss": result.initial_validation_loss,
                     "best_validation_loss": result.best_validation_loss,
                     "validation_curve": result.validation_curve,
