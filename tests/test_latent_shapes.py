@@ -51,7 +51,10 @@ def test_teacher_training_and_ksampler_follow_the_latent_shape(shape, kind):
     loaded = parse_teacher_bytes(teacher_file_bytes(teacher, {}))
     assert torch.equal(loaded.targets, teacher.targets) and loaded.info["latent_shape"] == list(shape)
 
-    config = TrainConfig(steps=STEPS, epochs_phase1=1, epochs_phase2=1, batch_size=2)
+    # No hard-example mining: with 4 validation pairs the few pairs it adds decide whether the end beats
+    # the start (a flow model's first step started at 0.905: the video layout 0.96x with mining, 0.51x
+    # without); mining through a video latent is tested by test_lpips_through_a_video_vae_compares_...
+    config = TrainConfig(steps=STEPS, epochs_phase1=1, epochs_phase2=1, batch_size=2, mining_rounds=0)
     result = api.learn_schedule(model, loaded, [cond], SAMPLER, config, make_loss("l2"))
     assert result.completed
     assert result.best_validation_loss < 0.95 * result.initial_validation_loss, result
