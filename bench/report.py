@@ -300,9 +300,9 @@ REDUCTIONS = [
     "  for dpmpp_2m on tiny-sd15-eps. Latents 4x8x8",
     "  (SD1.5, CFG 3) and 16x16x16 (Flux, guidance 3.5). Their reference is their teacher, not a converged",
     "  solve.",
-    "- The oracle: 60 Adam + 30 L-BFGS iterations from each start, for all three sigmas once with the first",
-    "  step free and once with it pinned at sigma_max (bench/oracle.py; each row records its search); a local",
-    "  search, so a learned schedule can beat it (marked * in the tables).",
+    "- The oracle: 60 Adam + 30 L-BFGS iterations from each start, for all three sigmas with the first step",
+    "  free (started 2 % and 10 % below sigma_max) and with it pinned at sigma_max (bench/oracle.py; each row",
+    "  records its search); a local search, so a learned schedule can beat it (marked * in the tables).",
     "- CPU memory is measured at batch 1; the run uses 2 worker processes with one torch thread each.",
 ]
 

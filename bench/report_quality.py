@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from bench.oracle import SEARCH_BOTH, searched_optimum, share
+from bench.oracle import SEARCH_BOTH, SEARCH_ONE_OFFSET, searched_optimum, share
 
 RECIPES = ("ld3", "paper")
 TARGET_SHARE = 0.8
@@ -150,6 +150,14 @@ def tables(rows: list[dict]) -> list[str]:
             lines += [
                 f"Optima of the earlier search ({', '.join(earlier)}): all three sigmas searched with the first",
                 f"step free only (the current search may find lower ones; `bench/oracle.py --models {model}`).",
+                "",
+            ]
+        one_offset = [f"{r['sampler']} {r['nfe']}" for r in members if r.get("search") == SEARCH_ONE_OFFSET]
+        if one_offset:
+            lines += [
+                f"Optima of {', '.join(one_offset)}: searched with the first step free from 2 % below sigma_max",
+                "only (the current search also starts it 10 % below, and may find lower ones;",
+                f"`bench/oracle.py --models {model} --no-transfer --starts bench/results/oracle.json`).",
                 "",
             ]
         both = [r for r in members if r.get("search") == SEARCH_BOTH]
