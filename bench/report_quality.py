@@ -154,8 +154,10 @@ def tables(rows: list[dict]) -> list[str]:
             ]
         one_offset = [f"{r['sampler']} {r['nfe']}" for r in members if r.get("search") == SEARCH_ONE_OFFSET]
         if one_offset:
+            everything = len(one_offset) == sum("full" in r for r in members)
+            which = "All optima" if everything else f"Optima of {', '.join(one_offset)}"
             lines += [
-                f"Optima of {', '.join(one_offset)}: searched with the first step free from 2 % below sigma_max",
+                f"{which}: searched with the first step free from 2 % below sigma_max",
                 "only (the current search also starts it 10 % below, and may find lower ones;",
                 f"`bench/oracle.py --models {model} --no-transfer --starts bench/results/oracle.json`).",
                 "",
