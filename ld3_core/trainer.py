@@ -73,9 +73,9 @@ class TrainConfig:
     lr_noise: float | None = None  # SGD on x'_T; None -> 12 / NFE
     # m_0 and u_0 start this far below sigma_max (log units; "full" with the first step free: flow models).
     # -0.1 (0.905 on a flow model) starts them inside the range the Flux mixture's optima tell the first
-    # step (0.77-1.0 of its step sigma, below 0.97 in 13 of 18 cells), not at its edge, where the gradient
-    # vanishes: a start, not a target (the dpmpp_2m NFE 8 optimum reached from the schedules learned so
-    # tells it 0.97 / 0.99, in a better basin). 18 Flux mixture cells x 3 seeds against -0.02
+    # step (0.61-1.0 of its step sigma, below 0.97 in 14 of 18 cells), not at its edge, where the gradient
+    # vanishes: a start, not a target (the dpmpp_2m NFE 8 optimum reached from the schedules learned with
+    # it tells it 0.97 / 0.99, in a better basin). 18 Flux mixture cells x 3 seeds against -0.02
     # (bench/results/side_by_side.md): dpmpp_2m NFE 8 0.55x -> 0.38x the best built-in, the others within
     # the seeds' spread; mean share of the achievable gain 87 % -> 88 %, >= 80 % in 15 cells (was 14).
     first_offset: float = -0.1
