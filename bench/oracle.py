@@ -305,7 +305,7 @@ def run(
     rows = json.loads(out.read_text()) if out.is_file() else []
     cells = set(cells)
     previous = {(r["model"], r["sampler"], r["nfe"]): r for r in rows}
-    known = {(r["model"], r["sampler"], r["nfe"]): r for r in rows if transfer_only}
+    known = previous if transfer_only else {}
     rows = [r for r in rows if (r["model"], r["sampler"], r["nfe"]) not in cells]
     jobs = [
         (
