@@ -150,6 +150,13 @@ def learn_schedule(
             f"learned schedule and {result.initial_scheduler} parted most; training and validation include them, "
             "each weighted as the share of noises it was picked from."
         )
+    if result.check_pairs:
+        result.notes.append(
+            f"The verdict's {result.check_pairs} fresh noises, solved by the teacher after training: the "
+            f"{result.check_extreme} of {result.check_pool} new noises where the learned schedule and "
+            f"{result.initial_scheduler} part most, and {result.check_pairs - result.check_extreme} drawn at random "
+            "from the others, each weighted as the share of noises it stands for."
+        )
     if warning := _teacher_warning(teacher, result, loss, run_student, config):
         logging.warning("LD3: %s", warning)
         result.warnings.append(warning)
@@ -271,8 +278,8 @@ def exact_ratio_note(teacher_info: dict, result: TrainResult, loss: Loss) -> str
     verdict = result.verdict
     if not check or not isinstance(loss, L2Loss) or verdict is None or not verdict.use_learned:
         return None
-    e, b, learned = float(check["rmse"]), result.initial_validation_loss, result.best_validation_loss
-    if not b > 0:
+    e, b, learned = float(check["rmse"]), verdict.builtin_loss, verdict.learned_loss
+    if b is None or learned is None or not b > 0:
         return None
     low = max(learned - e, 0.0) / (b + e)
     offset = (
@@ -397,7 +404,8 @@ def load_for_model(
     lines = [
         f"LD3 schedule '{name}': {record.sampler}, {record.steps} steps"
         + (
-            f", {trained['ratio']:.2f}x the error of the best built-in ({trained['builtin']}) on its validation samples."
+            f", {trained['ratio']:.2f}x the error of the best built-in ({trained['builtin']}) on "
+            + ("fresh teacher samples." if trained.get("on") == "fresh" else "its validation samples.")
             if trained.get("use_learned")
             else "."
         )

@@ -1,6 +1,6 @@
-"""Is the learned schedule better than the best built-in one? A paired comparison on validation samples.
+"""Is the learned schedule better than the best built-in one? A paired comparison on teacher samples.
 
-Both schedules are scored on the same held-out teacher samples, so the comparison is paired: the ratio of
+Both schedules are scored on the same teacher samples, so the comparison is paired: the ratio of
 mean losses, the share of samples the learned schedule does better on, and a one-sided sign-flip
 permutation test (no distributional assumption; the p-value is exact up to the Monte-Carlo error of
 ``PERMUTATIONS`` random sign flips, with a fixed seed so it is reproducible) of the per-sample log ratio
@@ -24,11 +24,14 @@ import torch
 
 ALPHA = 0.05
 PERMUTATIONS = 20_000
+# What the samples are: fresh noises the teacher solved once training had ended (nothing trained or chose
+# on them), or the validation samples (which chose the schedule: an optimistic figure).
+FRESH, VALIDATION = "fresh", "validation"
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """The learned schedule against the best built-in on the validation samples."""
+    """The learned schedule against the best built-in on the teacher samples ``on`` names."""
 
     builtin: str  # the best built-in schedule's name
     samples: int
@@ -38,6 +41,9 @@ class Verdict:
     use_learned: bool  # better and significantly so: the outputs carry the learned schedule
     # The learned step sigmas alone (the SIGMAS output without the MODEL's per-step sigmas).
     steps_only_ratio: float | None = None
+    on: str = VALIDATION  # FRESH or VALIDATION samples
+    learned_loss: float | None = None  # the weighted mean losses behind ``ratio``
+    builtin_loss: float | None = None
 
     @property
     def significant(self) -> bool:
@@ -49,24 +55,27 @@ class Verdict:
     def summary(self, sampler: str, steps: int) -> str:
         """One line a user reads on the canvas."""
         wins = round(self.win_rate * self.samples)
-        evidence = f"better on {wins}/{self.samples} validation samples, {_p_text(self.p_value)}"
+        if self.on == FRESH:
+            where = f"on {self.samples} fresh noises the teacher solved after training (none trained or chosen on)"
+        else:
+            where = (
+                "on the teacher's validation samples (training chose it on them: expect less on new noises)"
+            )
+        evidence = f"better on {wins}/{self.samples}, {_p_text(self.p_value)}"
         if self.use_learned:
             return (
                 f"LD3 {sampler} {steps} steps: the learned schedule has {self.ratio:.2f}x the error of the best "
-                f"built-in ({self.builtin}) on the teacher's validation samples ({evidence})."
+                f"built-in ({self.builtin}) {where}; {evidence}."
             )
         if self.ratio < 1:
-            why = f"it was {self.ratio:.2f}x on validation, {evidence}: not a significant gain"
+            why = f"{self.ratio:.2f}x, {evidence}: not a significant gain"
         elif wins > self.samples / 2:
-            why = (
-                f"it was {self.ratio:.2f}x on validation: better on {wins}/{self.samples} samples but worse on "
-                "average (a few samples much worse)"
-            )
+            why = f"{self.ratio:.2f}x: better on {wins}/{self.samples} samples but worse on average (a few samples much worse)"
         else:
-            why = f"it was {self.ratio:.2f}x on validation ({evidence})"
+            why = f"{self.ratio:.2f}x, {evidence}"
         return (
-            f"LD3 {sampler} {steps} steps: no gain over the best built-in ({self.builtin}): {why}. The outputs "
-            f"carry {self.builtin}. More teacher samples or another step count may help."
+            f"LD3 {sampler} {steps} steps: no gain over the best built-in ({self.builtin}) {where}: {why}. The "
+            f"outputs carry {self.builtin}. More teacher samples or another step count may help."
         )
 
 
@@ -81,11 +90,12 @@ def judge(
     steps_only: torch.Tensor | None = None,
     seed: int = 0,
     weights: torch.Tensor | None = None,
+    on: str = VALIDATION,
 ) -> Verdict:
-    """Compare per-sample validation losses (paired, same samples in the same order).
+    """Compare per-sample losses (paired, same samples in the same order) on the samples ``on`` names.
 
     ``weights`` (summing to 1; default equal): each sample's share in the means and in the test, e.g.
-    pairs mined where a schedule looked worst stand for the share of the pool they were drawn from.
+    pairs picked where the schedules part most stand for the share of the pool they were drawn from.
     """
     learned, builtin = learned.double().flatten(), builtin.double().flatten()
     if learned.shape != builtin.shape or learned.numel() == 0:
@@ -111,6 +121,9 @@ def judge(
         p_value=p_value,
         use_learned=ratio < 1 and p_value < ALPHA,
         steps_only_ratio=steps_only_ratio,
+        on=on,
+        learned_loss=learned_mean,
+        builtin_loss=base,
     )
 
 

@@ -392,7 +392,7 @@ def exact_reference(calls):
 def test_mining_asks_the_teacher_for_fresh_noises_and_weighs_them_as_their_share_of_the_pool():
     calls = []
     config = TrainConfig.preset(
-        "ld3", 3, mining_rounds=2, mining_pool=4.0, mining_pairs=0.25, mining_epochs=4
+        "ld3", 3, mining_rounds=2, mining_pool=4.0, mining_pairs=0.25, mining_epochs=4, check_pairs=0.0
     )
     result = run(config, reference=exact_reference(calls))
     noise = problem()[0]
@@ -415,7 +415,9 @@ def test_mining_picks_the_noises_where_the_learned_schedule_and_the_start_part_m
     # The Gaussian's students are linear: how far two schedules' endpoints part grows with the noise's
     # norm, so the mined noises are the pool's largest.
     calls = []
-    config = TrainConfig.preset("ld3", 3, mining_rounds=1, mining_pool=8.0, mining_pairs=0.25)
+    config = TrainConfig.preset(
+        "ld3", 3, mining_rounds=1, mining_pool=8.0, mining_pairs=0.25, check_pairs=0.0
+    )
     run(config, reference=exact_reference(calls))
     pool = torch.randn((128, *DIMS), generator=torch.Generator().manual_seed(1_000_003 * (config.seed + 1)))
     norms = pool.flatten(1).norm(dim=1).sort(descending=True).values
@@ -453,7 +455,36 @@ def test_no_mining_without_a_teacher_to_ask_or_in_the_paper_recipe():
     assert run(TrainConfig.preset("ld3", 3)).mined_pairs == 0
     calls = []
     paper = run(TrainConfig.preset("paper", 3), reference=exact_reference(calls))
-    assert paper.mined_pairs == 0 and not calls
+    # The teacher solved the verdict's fresh noises only.
+    assert paper.mined_pairs == 0 and len(torch.cat(calls)) == paper.check_pairs == paper.verdict.samples
+
+
+def test_the_verdict_judges_on_fresh_noises_where_the_schedules_part_most_and_a_random_draw():
+    calls = []
+    config = TrainConfig.preset("ld3", 3, mining_rounds=0, mining_pool=4.0, check_pairs=0.5)
+    result = run(config, reference=exact_reference(calls))
+    verdict = result.verdict
+    # Half of the 16 teacher samples' count, from 4 x 16 fresh noises: the 2 (30 %) where the learned
+    # schedule and the start part most, 6 drawn from the other 62.
+    assert verdict.on == "fresh" and verdict.samples == result.check_pairs == 8 and result.check_pool == 64
+    asked = torch.cat(calls)
+    assert len(asked) == 8 and torch.cdist(asked.flatten(1), problem()[0].flatten(1)).min() > 1.0
+    pool = torch.randn((64, *DIMS), generator=torch.Generator().manual_seed(1_000_003 + 500_009))
+    norms = pool.flatten(1).norm(dim=1).sort(descending=True).values
+    # The students are linear: the schedules part most on the largest noises.
+    assert torch.allclose(asked[:2].flatten(1).norm(dim=1).sort(descending=True).values, norms[:2])
+    assert not any(torch.isclose(asked[2:].flatten(1).norm(dim=1), n).any() for n in norms[:2])
+    # Weighted as the share of the pool each stands for, the 8 estimate the mean over all 64.
+    truth = exact_reference([])(pool, 0)
+    pool_mean = float(L2()(euler_student(pool, 0, result.schedule), truth).mean())
+    assert verdict.learned_loss == pytest.approx(pool_mean, rel=0.05)  # equal weights: 6 % off
+    assert verdict.use_learned and verdict.ratio < 0.05
+
+
+def test_without_a_teacher_to_ask_the_verdict_judges_on_validation_and_says_so():
+    result = run(TrainConfig.preset("ld3", 3))
+    assert result.verdict.on == "validation" and result.check_pairs == 0
+    assert result.verdict.samples == 8 and "expect less on new noises" in result.verdict.summary("euler", 3)
 
 
 def test_a_single_non_finite_step_restarts_from_the_best_parameters_and_training_goes_on():
