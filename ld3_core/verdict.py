@@ -18,6 +18,7 @@ below 1, so a schedule that is better on most samples but worse on average is no
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -50,7 +51,10 @@ class Verdict:
         return self.p_value < ALPHA
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """JSON-safe: a non-finite number (a schedule that fails on a sample) becomes None."""
+        return {
+            k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in asdict(self).items()
+        }
 
     def summary(self, sampler: str, steps: int) -> str:
         """One line a user reads on the canvas."""
@@ -67,7 +71,9 @@ class Verdict:
                 f"LD3 {sampler} {steps} steps: the learned schedule has {self.ratio:.2f}x the error of the best "
                 f"built-in ({self.builtin}) {where}; {evidence}."
             )
-        if self.ratio < 1:
+        if not math.isfinite(self.ratio):
+            why = "the learned schedule gives NaN/Inf on some of them"
+        elif self.ratio < 1:
             why = f"{self.ratio:.2f}x, {evidence}: not a significant gain"
         elif wins > self.samples / 2:
             why = f"{self.ratio:.2f}x: better on {wins}/{self.samples} samples but worse on average (a few samples much worse)"
@@ -100,6 +106,8 @@ def judge(
     learned, builtin = learned.double().flatten(), builtin.double().flatten()
     if learned.shape != builtin.shape or learned.numel() == 0:
         raise ValueError(f"paired losses needed, got {tuple(learned.shape)} and {tuple(builtin.shape)}")
+    if not bool(torch.isfinite(learned).all()):  # fails on a sample: never used, whatever the others say
+        learned = torch.where(torch.isfinite(learned), learned, torch.full_like(learned, math.inf))
     if weights is None or weights.numel() != learned.numel():
         weights = torch.full_like(learned, 1.0 / learned.numel())
     weights = weights.double().flatten() / weights.double().sum()

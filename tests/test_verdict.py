@@ -1,5 +1,7 @@
 """The verdict's decision on per-sample validation losses with known answers."""
 
+import json
+
 import pytest
 import torch
 
@@ -73,3 +75,17 @@ def test_weights_give_mined_samples_their_share_of_the_means_and_of_the_test():
     verdict = judge(learned, builtin, "karras", weights=weights)
     assert verdict.ratio == pytest.approx(0.996 * 0.5 + 0.004 * 50) and verdict.ratio < 1
     assert verdict.use_learned and verdict.p_value < 0.001
+
+
+def test_a_schedule_that_fails_on_a_sample_is_not_used_and_the_verdict_still_saves():
+    # Fresh samples can hold a noise the learned schedule fails on (NaN): better on every other sample,
+    # it is still not used, the user reads why, and the verdict is JSON for the schedule file.
+    builtin = torch.ones(12, dtype=torch.float64)
+    learned = torch.full((12,), 0.3, dtype=torch.float64)
+    learned[3] = float("nan")
+    verdict = judge(learned, builtin, "beta", steps_only=learned, on="fresh")
+    assert not verdict.use_learned
+    assert "gives NaN/Inf on some of them" in verdict.summary("euler", 4)
+    assert "12 fresh noises the teacher solved after training" in verdict.summary("euler", 4)
+    saved = json.loads(json.dumps(verdict.as_dict(), allow_nan=False))
+    assert saved["ratio"] is None and saved["use_learned"] is False and saved["on"] == "fresh"
