@@ -250,11 +250,11 @@ class TrainResult:
     validation_weights: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
     mined_pairs: int = 0  # teacher pairs added by hard-example mining (training and validation)
     mining_pool: int = 0  # fresh noises they were picked from
-    check_pairs: int = 0  # fresh teacher pairs the verdict judged on (``TrainConfig.check_pairs``) ...
-    check_pool: int = 0  # ... picked from this many fresh noises ...
-    check_extreme: int = (
-        0  # ... these where the learned schedule and the start part most (the others at random)
-    )
+    # The fresh teacher pairs the verdict judged on (``TrainConfig.check_pairs``), the fresh noises they
+    # were picked from, and how many of them where the learned schedule and the start part most.
+    check_pairs: int = 0
+    check_pool: int = 0
+    check_extreme: int = 0
     validation_curve: list[float] = field(default_factory=list)  # one value per epoch, after it
     train_curve: list[float] = field(default_factory=list)  # one value per iteration
     epochs_done: int = 0
