@@ -273,6 +273,13 @@ class TrainResult:
     starts: list[str] = field(default_factory=list)
     winning_start: str = ""
 
+    @property
+    def at_start(self) -> bool:
+        """Whether nothing beat the start yet: the schedule is still the best built-in it started from."""
+        return self.schedule.is_plain and torch.equal(
+            self.schedule.step_sigmas, self.initial_schedule.step_sigmas
+        )
+
     def _choice(self) -> tuple[Schedule, float]:
         """This run's pick and its validation loss: the best so far, or the built-in if the verdict says so."""
         if self.verdict is not None and not self.verdict.use_learned:
@@ -611,7 +618,7 @@ def train_schedule(
         result.initial_validation_loss = data.mean(result.initial_validation_losses)
         if result.incumbent is not None:
             result.incumbent_validation_loss = _finite_or_inf(data.mean(validate(result.incumbent)))
-        if result.schedule.is_plain and torch.equal(result.schedule.step_sigmas, init_sigmas):
+        if result.at_start:
             result.validation_losses = result.initial_validation_losses
             state.best = state.init_state
         else:
@@ -632,11 +639,8 @@ def train_schedule(
 
     # The verdict, and what the step sigmas alone (a SIGMAS output used without the MODEL) would give: on
     # fresh teacher pairs where the teacher can solve them, else on validation.
-    learned_schedule = not (
-        result.schedule.is_plain and torch.equal(result.schedule.step_sigmas, init_sigmas)
-    )
     check = None
-    if reference is not None and config.check_pairs > 0 and learned_schedule:
+    if reference is not None and config.check_pairs > 0 and not result.at_start:
         check = _fresh_check(config, student, loss, data, result, reference)
     if check is None:
         on, weights, learned, builtin = (
@@ -820,7 +824,7 @@ def _mine(
     pool_size = math.ceil(config.mining_pool * base)
     picks = min(pool_size, max(1, round(config.mining_pairs * base)))
     learned = result.schedule
-    if learned.is_plain and torch.equal(learned.step_sigmas, result.initial_schedule.step_sigmas):
+    if result.at_start:
         learned = params.schedule(True).detach()  # nothing beat the start yet: where training went
     pool, pool_prompts = _fresh_noises(data, pool_size, _stream(config, round_index))
     against = result.initial_schedule
