@@ -266,6 +266,21 @@ def config_for_model(config: TrainConfig, model_patcher) -> TrainConfig:
     return replace(config, pin_first=not is_flow_model(model_patcher))
 
 
+def _verdict_text(train: dict) -> str:
+    """A schedule file's verdict, for LD3 Load Sigmas' first line (nothing if the built-in was kept)."""
+    verdict = train.get("verdict") or {}
+    if not verdict.get("use_learned"):
+        return "."
+    text = f", {verdict['ratio']:.2f}x the error of the best built-in ({verdict['builtin']}) on "
+    if verdict.get("on") != "fresh":
+        return text + "its validation samples."
+    low, high = verdict.get("ratio_low"), verdict.get("ratio_high")
+    span = (
+        f" (95 % range on new noises {low:.2f}-{high:.2f}x)" if low is not None and high is not None else ""
+    )
+    return text + f"fresh teacher samples{span}."
+
+
 def exact_ratio_note(teacher_info: dict, result: TrainResult, loss: Loss) -> str | None:
     """What the verdict's ratio (against the teacher) means against the model's exact solution.
 
@@ -400,16 +415,7 @@ def load_for_model(
             f"outside this MODEL's range {low:.4g}-{high:.4g}: the file is damaged or for another model",
             fix,
         )
-    trained = record.train.get("verdict") or {}
-    lines = [
-        f"LD3 schedule '{name}': {record.sampler}, {record.steps} steps"
-        + (
-            f", {trained['ratio']:.2f}x the error of the best built-in ({trained['builtin']}) on "
-            + ("fresh teacher samples." if trained.get("on") == "fresh" else "its validation samples.")
-            if trained.get("use_learned")
-            else "."
-        )
-    ]
+    lines = [f"LD3 schedule '{name}': {record.sampler}, {record.steps} steps{_verdict_text(record.train)}"]
     given = _other_model(record, model_patcher)
     if given is not None:
         lines.append(

@@ -673,7 +673,17 @@ def train_schedule(
 
         learned, builtin = score(result.schedule), score(result.initial_schedule)
     steps_only = learned if result.schedule.is_plain else score(Schedule.plain(result.schedule.step_sigmas))
-    result.verdict = judge(learned, builtin, init_name, steps_only, seed=config.seed, weights=weights, on=on)
+    result.verdict = judge(
+        learned,
+        builtin,
+        init_name,
+        steps_only,
+        seed=config.seed,
+        weights=weights,
+        on=on,
+        pool=None if check is None else check.pool,
+        census=0 if check is None else check.extreme,
+    )
     result.completed = True
     return result
 

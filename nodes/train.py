@@ -41,7 +41,8 @@ class LD3TrainSigmas(io.ComfyNode):
                 "solver's sigma, the time the network is told and the "
                 "sigma its input and output are scaled with, so the student lands where the teacher does. Ends "
                 "with a verdict against the best built-in on fresh noises the teacher solves after training "
-                "(nothing trained or chose on them; the validation samples where the teacher cannot); if the learned "
+                "(nothing trained or chose on them; the validation samples where the teacher cannot), with its 95 % "
+                "range on new noises; if the learned "
                 "schedule is not significantly better, the outputs carry that built-in. The best schedule so "
                 "far is saved to models/ld3/<schedule_name>.safetensors whenever it improves, so Cancel keeps "
                 "it; a schedule already saved under that name (same sampler and steps) is scored first and "
@@ -169,7 +170,7 @@ class LD3TrainSigmas(io.ComfyNode):
                 ),
                 io.String.Output(
                     display_name="report",
-                    tooltip="The verdict: learned vs the best built-in on fresh teacher samples (or validation), in one line.",
+                    tooltip="The verdict: learned vs the best built-in on fresh teacher samples (or validation), in one line, with the ratio's 95 % range on new noises.",
                 ),
             ],
         )

@@ -9,6 +9,8 @@ the benchmark's seed 0, so the bounds come from the same cell of the benchmark (
 dpmpp_2m NFE 6, seed 0, on 512 held-out exact endpoints), with margin for the smaller held-out set.
 """
 
+import re
+
 import pytest
 from conftest import load_script_module
 from test_nodes import SCHEDULE_DIR, demo_nodes, teacher_node
@@ -110,3 +112,8 @@ def _train_and_compare(comfy_server, kind: str, name: str) -> None:
     ratio = float(learned["vs_best_builtin"])
     print(f"{kind}: held-out ratio to the best built-in {ratio:.3f}; verdict: {verdict}")
     assert ratio < MAX_RATIO[kind], (ratio, verdict)
+    # The verdict's ratio comes with its range on new noises; the held-out noises are new noises.
+    said = re.search(r"has ([0-9.]+)x \(95 % range on new noises ([0-9.]+)-([0-9.]+)x\)", verdict)
+    assert said, verdict
+    low, high = float(said[2]), float(said[3])
+    assert low <= float(said[1]) <= high and low <= ratio <= high, (ratio, verdict)

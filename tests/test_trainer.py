@@ -479,12 +479,19 @@ def test_the_verdict_judges_on_fresh_noises_where_the_schedules_part_most_and_a_
     pool_mean = float(L2()(euler_student(pool, 0, result.schedule), truth).mean())
     assert verdict.learned_loss == pytest.approx(pool_mean, rel=0.05)  # equal weights: 6 % off
     assert verdict.use_learned and verdict.ratio < 0.05
+    # The ratio on the pool lies in the verdict's range on new noises, which the user reads.
+    pool_ratio = pool_mean / float(L2()(euler_student(pool, 0, result.initial_schedule), truth).mean())
+    assert verdict.ratio_low <= pool_ratio <= verdict.ratio_high and verdict.ratio_high < 0.1
+    assert f"(95 % range on new noises {verdict.ratio_low:.2f}-{verdict.ratio_high:.2f}x)" in verdict.summary(
+        "euler", 3
+    )
 
 
 def test_without_a_teacher_to_ask_the_verdict_judges_on_validation_and_says_so():
     result = run(TrainConfig.preset("ld3", 3))
     assert result.verdict.on == "validation" and result.check_pairs == 0
     assert result.verdict.samples == 8 and "expect less on new noises" in result.verdict.summary("euler", 3)
+    assert result.verdict.ratio_low is None  # no range from the samples that chose the schedule
 
 
 def test_a_single_non_finite_step_restarts_from_the_best_parameters_and_training_goes_on():
