@@ -94,6 +94,7 @@ def dump(model: str, cells: list[str], noises: int, path: Path) -> None:
 
 def simulate(paths: list[Path], draws: int, stretch: float | None) -> None:
     from ld3_core import verdict
+    from ld3_core.trainer import draw_check
     from ld3_core.verdict import ratio_range
 
     if stretch is not None:
@@ -109,25 +110,13 @@ def simulate(paths: list[Path], draws: int, stretch: float | None) -> None:
     for row in rows:
         learned, builtin, apart = row["L"].double(), row["B"].double(), row["d"].double()
         pairs, pool = row["pairs"], row["pool"]
-        census = min(pairs - 1, max(1, round(row["extreme"] * pairs)))  # as the trainer's check
         truth = float(learned.mean() / builtin.mean())
         generator = torch.Generator().manual_seed(0)
         covered, below, logs, spans = 0, 0, [], []
         for _ in range(draws):
             drawn = torch.randperm(len(apart), generator=generator)[:pool]
-            order = drawn[apart[drawn].argsort(descending=True)]
-            rest = order[census:]
-            chosen = torch.cat(
-                [order[:census], rest[torch.randperm(len(rest), generator=generator)[: pairs - census]]]
-            )
-            weights = torch.cat(
-                [
-                    torch.full((census,), 1.0 / pool, dtype=torch.float64),
-                    torch.full(
-                        (pairs - census,), (pool - census) / pool / (pairs - census), dtype=torch.float64
-                    ),
-                ]
-            )
+            picked, weights, census = draw_check(apart[drawn], pairs, row["extreme"], generator)
+            chosen = drawn[picked]
             low, high = ratio_range(learned[chosen], builtin[chosen], weights, pool, census)
             ratio = float((weights * learned[chosen]).sum() / (weights * builtin[chosen]).sum())
             covered += low <= truth <= high

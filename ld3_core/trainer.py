@@ -872,27 +872,36 @@ def _fresh_check(
     base = data.base_samples
     pairs = max(2, round(config.check_pairs * base))
     pool_size = max(pairs, math.ceil(config.mining_pool * base))
-    extreme = min(pairs - 1, max(1, round(config.check_extreme * pairs)))
     generator = _stream(config, CHECK_STREAM)
     pool, pool_prompts = _fresh_noises(data, pool_size, generator)
     apart = _parting(config, student, loss, pool, pool_prompts, result.schedule, result.initial_schedule)
+    chosen, weights, extreme = draw_check(apart, pairs, config.check_extreme, generator)
+    targets = _solve(config, reference, pool[chosen], pool_prompts[chosen])
+    if not torch.isfinite(targets).all():
+        return None
+    return FreshCheck(pool[chosen], loss.prepare(targets), pool_prompts[chosen], weights, pool_size, extreme)
+
+
+def draw_check(
+    apart: torch.Tensor, pairs: int, extreme_share: float, generator
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The verdict's ``pairs`` from a pool whose noises part by ``apart``: the ``extreme_share`` of them where
+    the schedules part most (every such pool noise), the others drawn at random from the rest of the pool.
+    Returns their pool indices, their weights (each one's share of the pool) and how many are extreme."""
+    pool = len(apart)
+    extreme = min(pairs - 1, max(1, round(extreme_share * pairs)))
     order = apart.argsort(descending=True)
     rest = order[extreme:]
     chosen = torch.cat(
         [order[:extreme], rest[torch.randperm(len(rest), generator=generator)[: pairs - extreme]]]
     )
-    targets = _solve(config, reference, pool[chosen], pool_prompts[chosen])
-    if not torch.isfinite(targets).all():
-        return None
     weights = torch.cat(
         [
-            torch.full((extreme,), 1.0 / pool_size, dtype=torch.float64),
-            torch.full(
-                (pairs - extreme,), (pool_size - extreme) / pool_size / (pairs - extreme), dtype=torch.float64
-            ),
+            torch.full((extreme,), 1.0 / pool, dtype=torch.float64),
+            torch.full((pairs - extreme,), (pool - extreme) / pool / (pairs - extreme), dtype=torch.float64),
         ]
     )
-    return FreshCheck(pool[chosen], loss.prepare(targets), pool_prompts[chosen], weights, pool_size, extreme)
+    return chosen, weights, extreme
 
 
 def _stream(config, index: int) -> torch.Generator:

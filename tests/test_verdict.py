@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from ld3_core.trainer import draw_check
 from ld3_core.verdict import judge, ratio_range
 
 
@@ -108,20 +109,11 @@ def _check(population_size: int, seed: int):
     return learned, builtin, apart, gen
 
 
-def _draw_check(learned, builtin, apart, gen, pool=300, pairs=40, census=12):
-    """The trainer's check: a pool; its ``census`` noises where the schedules part most; a random draw of
-    the rest; each sample weighted as the share of the pool it stands for."""
+def _draw_check(learned, builtin, apart, gen, pool=300, pairs=40):
+    """The trainer's check from a fresh pool of the population: its losses and weights, and its census."""
     drawn = torch.randperm(len(apart), generator=gen)[:pool]
-    order = drawn[apart[drawn].argsort(descending=True)]
-    rest = order[census:]
-    chosen = torch.cat([order[:census], rest[torch.randperm(len(rest), generator=gen)[: pairs - census]]])
-    weights = torch.cat(
-        [
-            torch.full((census,), 1 / pool),
-            torch.full((pairs - census,), (pool - census) / pool / (pairs - census)),
-        ]
-    ).double()
-    return learned[chosen], builtin[chosen], weights
+    picked, weights, census = draw_check(apart[drawn], pairs, 0.3, gen)
+    return learned[drawn[picked]], builtin[drawn[picked]], weights, census
 
 
 def test_the_range_on_new_noises_holds_the_population_ratio_about_as_often_as_it_says():
@@ -135,8 +127,9 @@ def test_the_range_on_new_noises_holds_the_population_ratio_about_as_often_as_it
     held = above = 0
     widths = []
     for _ in range(400):
-        a, b, weights = _draw_check(learned, builtin, apart, gen)
-        low, high = ratio_range(a, b, weights, pool=300, census=12)
+        a, b, weights, census = _draw_check(learned, builtin, apart, gen)
+        assert census == 12  # the 30 % of 40 where the schedules part most
+        low, high = ratio_range(a, b, weights, pool=300, census=census)
         assert low < float((weights * a).sum() / (weights * b).sum()) < high
         held += low <= truth <= high
         above += truth > high
