@@ -41,6 +41,7 @@ from .teacher import TeacherData, noise_keys
 from .teacher_check import generate_checked_teacher, self_error_warning, teacher_error_warning, teacher_report
 from .teacher_file import check_prompts, next_numbered_path, parse_teacher_bytes, teacher_file_bytes
 from .trainer import Loss, Progress, TrainConfig, TrainResult, train_schedule
+from .verdict import range_text
 
 MAX_STEPS = 100
 
@@ -274,11 +275,7 @@ def _verdict_text(train: dict) -> str:
     text = f", {verdict['ratio']:.2f}x the error of the best built-in ({verdict['builtin']}) on "
     if verdict.get("on") != "fresh":
         return text + "its validation samples."
-    low, high = verdict.get("ratio_low"), verdict.get("ratio_high")
-    span = (
-        f" (95 % range on new noises {low:.2f}-{high:.2f}x)" if low is not None and high is not None else ""
-    )
-    return text + f"fresh teacher samples{span}."
+    return text + f"fresh teacher samples{range_text(verdict.get('ratio_low'), verdict.get('ratio_high'))}."
 
 
 def exact_ratio_note(teacher_info: dict, result: TrainResult, loss: Loss) -> str | None:

@@ -81,9 +81,7 @@ class Verdict:
                 "on the teacher's validation samples (training chose it on them: expect less on new noises)"
             )
         evidence = f"better on {wins}/{self.samples}, {_p_text(self.p_value)}"
-        ratio = f"{self.ratio:.2f}x"
-        if self.ratio_low is not None and self.ratio_high is not None:
-            ratio += f" (95 % range on new noises {self.ratio_low:.2f}-{self.ratio_high:.2f}x)"
+        ratio = f"{self.ratio:.2f}x{range_text(self.ratio_low, self.ratio_high)}"
         if self.use_learned:
             return (
                 f"LD3 {sampler} {steps} steps: the learned schedule has {ratio} the error of the best "
@@ -101,6 +99,11 @@ class Verdict:
             f"LD3 {sampler} {steps} steps: no gain over the best built-in ({self.builtin}) {where}: {why}. The "
             f"outputs carry {self.builtin}. More teacher samples or another step count may help."
         )
+
+
+def range_text(low: float | None, high: float | None) -> str:
+    """The ratio's range as the verdict line and LD3 Load Sigmas print it ('' where there is none)."""
+    return "" if low is None or high is None else f" (95 % range on new noises {low:.2f}-{high:.2f}x)"
 
 
 def _p_text(p: float) -> str:
@@ -178,10 +181,11 @@ def ratio_range(
     """
     n = learned.numel()
     rest = n - census
-    ratio = float((weights * learned).sum() / (weights * builtin).sum())
+    builtin_mean = float((weights * builtin).sum())
+    ratio = float((weights * learned).sum()) / builtin_mean
     if ratio <= 0 or n < 2:
         return ratio, ratio
-    z = (learned - ratio * builtin) / float((weights * builtin).sum())
+    z = (learned - ratio * builtin) / builtin_mean
     centre = float((weights * z).sum())
     spread = float((weights * (z - centre).square()).sum()) * n / (n - 1)  # the population's, per noise
     variance = spread / pool
